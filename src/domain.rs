@@ -1,0 +1,461 @@
+//! Domain types: what the tagger is about, independent of the wire format.
+//!
+//! The generated types of [`crate::proto`] accept anything the wire carries;
+//! the conversions here reject what is malformed with a typed [`DomainError`]
+//! instead of panicking, so one bad event never takes a process down.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::proto::model as pb;
+
+/// Entity-ID prefixes the Datadog Agent knows. Events for any other prefix are
+/// skipped (the Go client panics on them; we count and move on).
+pub const KNOWN_PREFIXES: &[&str] = &[
+    "container_id",
+    "container_image_metadata",
+    "ecs_task",
+    "host",
+    "deployment",
+    "kubernetes_metadata",
+    "kubernetes_pod_uid",
+    "process",
+    "internal",
+    "gpu",
+];
+
+/// Separator between prefix and uid in the text form of an [`EntityId`].
+const ID_SEPARATOR: &str = "://";
+
+/// Why a wire value or a text could not become a domain value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("entity has no id")]
+    MissingId,
+    #[error("event has no entity")]
+    MissingEntity,
+    #[error("entity id has an empty prefix")]
+    EmptyPrefix,
+    #[error("entity id {0:?} has an empty uid")]
+    EmptyUid(String),
+    #[error("entity id prefix {0:?} is not a known prefix")]
+    UnknownPrefix(String),
+    #[error("entity id {0:?} is not of the form prefix://uid")]
+    MalformedId(String),
+    #[error("unknown event type {0}")]
+    UnknownEventType(i32),
+    #[error("unknown cardinality {0}")]
+    UnknownCardinality(i32),
+    #[error("invalid cardinality {0:?} (expected low, orchestrator or high)")]
+    InvalidCardinalityName(String),
+}
+
+impl DomainError {
+    /// A short stable label, for counters and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingId => "missing_id",
+            Self::MissingEntity => "missing_entity",
+            Self::EmptyPrefix => "empty_prefix",
+            Self::EmptyUid(_) => "empty_uid",
+            Self::UnknownPrefix(_) => "unknown_prefix",
+            Self::MalformedId(_) => "malformed_id",
+            Self::UnknownEventType(_) => "unknown_event_type",
+            Self::UnknownCardinality(_) | Self::InvalidCardinalityName(_) => "unknown_cardinality",
+        }
+    }
+}
+
+/// How much of an entity's tags a query or a subscription wants. Ordered:
+/// `Low < Orchestrator < High`, each including the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Cardinality {
+    Low,
+    Orchestrator,
+    #[default]
+    High,
+}
+
+impl Cardinality {
+    pub const ALL: [Cardinality; 3] = [Self::Low, Self::Orchestrator, Self::High];
+
+    /// The lowercase name used on the command line, in JSON and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Orchestrator => "orchestrator",
+            Self::High => "high",
+        }
+    }
+
+    pub fn to_proto(self) -> pb::TagCardinality {
+        match self {
+            Self::Low => pb::TagCardinality::Low,
+            Self::Orchestrator => pb::TagCardinality::Orchestrator,
+            Self::High => pb::TagCardinality::High,
+        }
+    }
+
+    /// Converts a wire value, rejecting numbers the protocol does not define.
+    pub fn from_proto(value: i32) -> Result<Self, DomainError> {
+        match pb::TagCardinality::try_from(value) {
+            Ok(pb::TagCardinality::Low) => Ok(Self::Low),
+            Ok(pb::TagCardinality::Orchestrator) => Ok(Self::Orchestrator),
+            Ok(pb::TagCardinality::High) => Ok(Self::High),
+            Err(_) => Err(DomainError::UnknownCardinality(value)),
+        }
+    }
+}
+
+impl fmt::Display for Cardinality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Cardinality {
+    type Err = DomainError;
+    fn from_str(s: &str) -> Result<Self, DomainError> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| DomainError::InvalidCardinalityName(s.to_owned()))
+    }
+}
+
+/// An entity's identity, `prefix://uid`, with a known prefix and a non-empty
+/// uid. Cheap to clone (one shared allocation).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntityId {
+    text: Arc<str>,
+}
+
+impl EntityId {
+    /// Builds an id from its parts, validating both.
+    pub fn new(prefix: &str, uid: &str) -> Result<Self, DomainError> {
+        if prefix.is_empty() {
+            return Err(DomainError::EmptyPrefix);
+        }
+        if !KNOWN_PREFIXES.contains(&prefix) {
+            return Err(DomainError::UnknownPrefix(prefix.to_owned()));
+        }
+        if uid.is_empty() {
+            return Err(DomainError::EmptyUid(prefix.to_owned()));
+        }
+        Ok(Self {
+            text: format!("{prefix}{ID_SEPARATOR}{uid}").into(),
+        })
+    }
+
+    /// Parses the text form `prefix://uid`.
+    pub fn parse(text: &str) -> Result<Self, DomainError> {
+        let (prefix, uid) = text
+            .split_once(ID_SEPARATOR)
+            .ok_or_else(|| DomainError::MalformedId(text.to_owned()))?;
+        Self::new(prefix, uid)
+    }
+
+    /// The text form, `prefix://uid`.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn prefix(&self) -> &str {
+        self.split().0
+    }
+
+    pub fn uid(&self) -> &str {
+        self.split().1
+    }
+
+    fn split(&self) -> (&str, &str) {
+        self.text
+            .split_once(ID_SEPARATOR)
+            .expect("an EntityId always holds the separator")
+    }
+
+    pub fn to_proto(&self) -> pb::EntityId {
+        let (prefix, uid) = self.split();
+        pb::EntityId {
+            prefix: prefix.to_owned(),
+            uid: uid.to_owned(),
+        }
+    }
+
+    pub fn from_proto(id: &pb::EntityId) -> Result<Self, DomainError> {
+        Self::new(&id.prefix, &id.uid)
+    }
+}
+
+impl fmt::Display for EntityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for EntityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EntityId({})", self.text)
+    }
+}
+
+impl std::borrow::Borrow<str> for EntityId {
+    fn borrow(&self) -> &str {
+        &self.text
+    }
+}
+
+/// An entity with its four tag lists, as the store holds it (full cardinality).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entity {
+    pub id: EntityId,
+    pub low: Vec<String>,
+    pub orchestrator: Vec<String>,
+    pub high: Vec<String>,
+    pub standard: Vec<String>,
+}
+
+impl Entity {
+    /// An entity with no tags.
+    pub fn new(id: EntityId) -> Self {
+        Self {
+            id,
+            low: Vec::new(),
+            orchestrator: Vec::new(),
+            high: Vec::new(),
+            standard: Vec::new(),
+        }
+    }
+
+    /// This entity as a subscriber of `cardinality` sees it: ORCHESTRATOR drops
+    /// the high tags, LOW drops the high and orchestrator tags.
+    pub fn reduced(&self, cardinality: Cardinality) -> Self {
+        let mut entity = self.clone();
+        if cardinality < Cardinality::High {
+            entity.high.clear();
+        }
+        if cardinality < Cardinality::Orchestrator {
+            entity.orchestrator.clear();
+        }
+        entity
+    }
+
+    /// The tags a query of `cardinality` returns: low, then orchestrator, then
+    /// high, in that order, neither deduplicated nor sorted.
+    pub fn tags(&self, cardinality: Cardinality) -> Vec<String> {
+        let mut tags = self.low.clone();
+        if cardinality >= Cardinality::Orchestrator {
+            tags.extend_from_slice(&self.orchestrator);
+        }
+        if cardinality >= Cardinality::High {
+            tags.extend_from_slice(&self.high);
+        }
+        tags
+    }
+
+    pub fn to_proto(&self) -> pb::Entity {
+        pb::Entity {
+            id: Some(self.id.to_proto()),
+            hash: String::new(),
+            high_cardinality_tags: self.high.clone(),
+            orchestrator_cardinality_tags: self.orchestrator.clone(),
+            low_cardinality_tags: self.low.clone(),
+            standard_tags: self.standard.clone(),
+        }
+    }
+
+    /// Converts a wire entity, taking its tag lists without copying them.
+    pub fn from_proto(entity: pb::Entity) -> Result<Self, DomainError> {
+        let id = entity.id.as_ref().ok_or(DomainError::MissingId)?;
+        Ok(Self {
+            id: EntityId::from_proto(id)?,
+            low: entity.low_cardinality_tags,
+            orchestrator: entity.orchestrator_cardinality_tags,
+            high: entity.high_cardinality_tags,
+            standard: entity.standard_tags,
+        })
+    }
+}
+
+/// One change of the store, as carried by a `StreamTagsEvent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntityEvent {
+    Added(Entity),
+    Modified(Entity),
+    /// DELETED carries the id only.
+    Deleted(EntityId),
+}
+
+impl EntityEvent {
+    pub fn id(&self) -> &EntityId {
+        match self {
+            Self::Added(entity) | Self::Modified(entity) => &entity.id,
+            Self::Deleted(id) => id,
+        }
+    }
+
+    /// The wire form of this event as a subscriber of `cardinality` sees it.
+    pub fn to_proto(&self, cardinality: Cardinality) -> pb::StreamTagsEvent {
+        let (kind, entity) = match self {
+            Self::Added(entity) => (pb::EventType::Added, entity.reduced(cardinality).to_proto()),
+            Self::Modified(entity) => (
+                pb::EventType::Modified,
+                entity.reduced(cardinality).to_proto(),
+            ),
+            Self::Deleted(id) => (
+                pb::EventType::Deleted,
+                pb::Entity {
+                    id: Some(id.to_proto()),
+                    ..Default::default()
+                },
+            ),
+        };
+        pb::StreamTagsEvent {
+            r#type: kind as i32,
+            entity: Some(entity),
+        }
+    }
+
+    /// Converts a wire event. DELETED keeps only the id, whatever else it carries.
+    pub fn from_proto(event: pb::StreamTagsEvent) -> Result<Self, DomainError> {
+        let entity = event.entity.ok_or(DomainError::MissingEntity)?;
+        match pb::EventType::try_from(event.r#type) {
+            Ok(pb::EventType::Added) => Ok(Self::Added(Entity::from_proto(entity)?)),
+            Ok(pb::EventType::Modified) => Ok(Self::Modified(Entity::from_proto(entity)?)),
+            Ok(pb::EventType::Deleted) => {
+                let id = entity.id.as_ref().ok_or(DomainError::MissingId)?;
+                Ok(Self::Deleted(EntityId::from_proto(id)?))
+            }
+            Err(_) => Err(DomainError::UnknownEventType(event.r#type)),
+        }
+    }
+}
+
+/// Entity hash as the Datadog Agent computes it: FNV-1 (not 1a) 64-bit over
+/// the sorted tags concatenated with no separator, lowercase hex; no tags ->
+/// the empty string.
+pub fn entity_hash<S: AsRef<str>>(tags: &[S]) -> String {
+    if tags.is_empty() {
+        return String::new();
+    }
+    let mut sorted: Vec<&str> = tags.iter().map(AsRef::as_ref).collect();
+    sorted.sort_unstable();
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = sorted
+        .iter()
+        .flat_map(|tag| tag.bytes())
+        .fold(OFFSET_BASIS, |hash, byte| {
+            hash.wrapping_mul(PRIME) ^ u64::from(byte)
+        });
+    format!("{hash:x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entity_id_round_trips_and_rejects_malformed() {
+        let id = EntityId::parse("container_id://abc").unwrap();
+        assert_eq!((id.prefix(), id.uid()), ("container_id", "abc"));
+        assert_eq!(EntityId::from_proto(&id.to_proto()).unwrap(), id);
+        assert_eq!(EntityId::new("", "x"), Err(DomainError::EmptyPrefix));
+        assert_eq!(
+            EntityId::new("process", ""),
+            Err(DomainError::EmptyUid("process".into()))
+        );
+        assert_eq!(
+            EntityId::new("pod", "x"),
+            Err(DomainError::UnknownPrefix("pod".into()))
+        );
+        assert_eq!(
+            EntityId::parse("process:12"),
+            Err(DomainError::MalformedId("process:12".into()))
+        );
+        // A uid may itself hold the separator: only the first one splits.
+        assert_eq!(EntityId::parse("host://a://b").unwrap().uid(), "a://b");
+    }
+
+    #[test]
+    fn cardinality_conversions_reject_unknown_values() {
+        for c in Cardinality::ALL {
+            assert_eq!(Cardinality::from_proto(c.to_proto() as i32), Ok(c));
+            assert_eq!(c.as_str().parse::<Cardinality>(), Ok(c));
+        }
+        assert_eq!(
+            Cardinality::from_proto(3),
+            Err(DomainError::UnknownCardinality(3))
+        );
+        assert_eq!(
+            Cardinality::from_proto(-1),
+            Err(DomainError::UnknownCardinality(-1))
+        );
+        assert!("none".parse::<Cardinality>().is_err());
+    }
+
+    #[test]
+    fn event_conversion_rejects_malformed_events() {
+        let missing_entity = pb::StreamTagsEvent {
+            r#type: 0,
+            entity: None,
+        };
+        assert_eq!(
+            EntityEvent::from_proto(missing_entity),
+            Err(DomainError::MissingEntity)
+        );
+        let missing_id = pb::StreamTagsEvent {
+            r#type: 0,
+            entity: Some(pb::Entity::default()),
+        };
+        assert_eq!(
+            EntityEvent::from_proto(missing_id),
+            Err(DomainError::MissingId)
+        );
+        let id = EntityId::parse("process://1").unwrap();
+        let bad_type = pb::StreamTagsEvent {
+            r#type: 7,
+            entity: Some(Entity::new(id.clone()).to_proto()),
+        };
+        assert_eq!(
+            EntityEvent::from_proto(bad_type),
+            Err(DomainError::UnknownEventType(7))
+        );
+        let mut entity = Entity::new(id.clone());
+        entity.high = vec!["h".into()];
+        let deleted = EntityEvent::Deleted(id.clone()).to_proto(Cardinality::High);
+        assert_eq!(
+            EntityEvent::from_proto(deleted),
+            Ok(EntityEvent::Deleted(id))
+        );
+        let added = EntityEvent::Added(entity.clone());
+        assert_eq!(
+            EntityEvent::from_proto(added.to_proto(Cardinality::High)),
+            Ok(added)
+        );
+    }
+
+    #[test]
+    fn reduction_and_tag_order_follow_the_spec() {
+        let mut entity = Entity::new(EntityId::parse("process://1").unwrap());
+        entity.low = vec!["l".into()];
+        entity.orchestrator = vec!["o".into()];
+        entity.high = vec!["h".into()];
+        entity.standard = vec!["s".into()];
+        assert_eq!(entity.tags(Cardinality::High), ["l", "o", "h"]);
+        assert_eq!(entity.tags(Cardinality::Orchestrator), ["l", "o"]);
+        assert_eq!(entity.tags(Cardinality::Low), ["l"]);
+        let low = entity.reduced(Cardinality::Low);
+        assert!(low.orchestrator.is_empty() && low.high.is_empty());
+        assert_eq!(low.standard, ["s"]);
+    }
+
+    #[test]
+    fn entity_hash_is_fnv1_over_sorted_tags() {
+        assert_eq!(entity_hash::<&str>(&[]), "");
+        // FNV-1 64 of "a" is 0xaf63bd4c8601b7be; sorting makes order irrelevant.
+        assert_eq!(entity_hash(&["a"]), "af63bd4c8601b7be");
+        assert_eq!(entity_hash(&["b", "a"]), entity_hash(&["a", "b"]));
+        assert_eq!(entity_hash(&["b", "a"]), entity_hash(&["ab"]));
+    }
+}
