@@ -20,5 +20,8 @@ pub mod proto {
     pub use datadog::model::v1 as model;
 }
 
+pub mod core;
 pub mod domain;
+pub mod harness;
+pub mod mirror;
 pub mod rng;

@@ -1,0 +1,119 @@
+//! The reconnect backoff: a pure exponential policy with seeded jitter.
+//!
+//! Same shape as the Datadog Agent's (cenkalti/backoff `ExponentialBackOff`):
+//! each failure draws a delay uniformly from `interval * [1 - r, 1 + r]`, then
+//! the interval grows by the multiplier up to the cap. It never gives up. The
+//! jitter comes from a seed the core owns, so a run replays exactly.
+
+use std::time::Duration;
+
+use crate::rng::SplitMix64;
+
+/// The backoff's constants (wire-spec section 4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackoffConfig {
+    pub initial_interval: Duration,
+    pub max_interval: Duration,
+    pub multiplier: f64,
+    /// Jitter as a fraction of the interval: 0.5 means +-50 %.
+    pub randomization: f64,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial_interval: Duration::from_millis(500),
+            max_interval: Duration::from_secs(5 * 60),
+            multiplier: 1.5,
+            randomization: 0.5,
+        }
+    }
+}
+
+impl BackoffConfig {
+    /// The range a delay drawn at `interval` must fall in (both ends inclusive).
+    pub fn jitter_bounds(&self, interval: Duration) -> (Duration, Duration) {
+        let delta = interval.mul_f64(self.randomization);
+        (interval.saturating_sub(delta), interval + delta)
+    }
+
+    /// The interval that follows `interval` after one more failure.
+    pub fn grow(&self, interval: Duration) -> Duration {
+        interval.mul_f64(self.multiplier).min(self.max_interval)
+    }
+}
+
+/// Exponential backoff state: the current interval and the jitter source.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    config: BackoffConfig,
+    interval: Duration,
+    rng: SplitMix64,
+}
+
+impl Backoff {
+    pub fn new(config: BackoffConfig, seed: u64) -> Self {
+        Self {
+            interval: config.initial_interval,
+            config,
+            rng: SplitMix64::new(seed),
+        }
+    }
+
+    /// The delay before the next attempt; grows the interval for the one after.
+    pub fn next_delay(&mut self) -> Duration {
+        let (low, high) = self.config.jitter_bounds(self.interval);
+        let delay = low + (high - low).mul_f64(self.rng.next_f64());
+        self.interval = self.config.grow(self.interval);
+        delay
+    }
+
+    /// Back to the initial interval: called only after a good message.
+    pub fn reset(&mut self) {
+        self.interval = self.config.initial_interval;
+    }
+
+    /// The interval the next delay will be drawn around.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    pub fn config(&self) -> &BackoffConfig {
+        &self.config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_stay_in_bounds_and_grow_to_the_cap() {
+        let config = BackoffConfig::default();
+        let mut backoff = Backoff::new(config.clone(), 42);
+        let mut expected_interval = config.initial_interval;
+        for _ in 0..40 {
+            let (low, high) = config.jitter_bounds(expected_interval);
+            let delay = backoff.next_delay();
+            assert!(
+                low <= delay && delay <= high,
+                "{delay:?} outside {low:?}..={high:?}"
+            );
+            expected_interval = config.grow(expected_interval);
+            assert_eq!(backoff.interval(), expected_interval);
+        }
+        assert_eq!(backoff.interval(), config.max_interval);
+        backoff.reset();
+        assert_eq!(backoff.interval(), config.initial_interval);
+    }
+
+    #[test]
+    fn jitter_depends_on_the_seed_only() {
+        let delays = |seed| {
+            let mut backoff = Backoff::new(BackoffConfig::default(), seed);
+            (0..10).map(|_| backoff.next_delay()).collect::<Vec<_>>()
+        };
+        assert_eq!(delays(1), delays(1));
+        assert_ne!(delays(1), delays(2));
+    }
+}

@@ -1,0 +1,597 @@
+//! The sans-IO client core: one remote-tagger connection as a pure state machine.
+//!
+//! It owns connect, receive, keep-alive, receive timeout, backoff and resync,
+//! and fills the [`MirrorWriter`]. It never reads a clock, never spawns, never
+//! touches a socket: time (`now`) and randomness (the seed in [`CoreConfig`])
+//! are inputs, so the production driver, the simulations, proptest and the
+//! fuzzer all run exactly the same transitions.
+
+mod backoff;
+mod telemetry;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+pub use backoff::{Backoff, BackoffConfig};
+pub use telemetry::ClientTelemetry;
+
+use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, KNOWN_PREFIXES};
+use crate::mirror::{EntityChange, MirrorReader, MirrorWriter};
+use crate::proto::model::{StreamTagsEvent, StreamTagsRequest, StreamTagsResponse};
+
+/// Default receive watchdog: no message for this long drops the stream.
+pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// Identifies one connect attempt. Every attempt gets a fresh one; inputs
+/// that carry another attempt's id change nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectionId(pub u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// What the core is configured with. Everything it needs is here: no
+/// environment, no clock, no global RNG.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub cardinality: Cardinality,
+    /// Entity-ID prefixes to subscribe to. Always sent explicitly: an empty
+    /// list means "nothing" to older servers and "everything" to newer ones,
+    /// so the core sends every known prefix when this is empty.
+    pub prefixes: Vec<String>,
+    /// `<flavor>:<uuid>`, unique per client.
+    pub streaming_id: String,
+    pub receive_timeout: Duration,
+    pub backoff: BackoffConfig,
+    /// Seed of the backoff jitter.
+    pub seed: u64,
+}
+
+impl CoreConfig {
+    /// Spec defaults (HIGH cardinality, every known prefix, 10 min watchdog).
+    pub fn new(streaming_id: impl Into<String>, seed: u64) -> Self {
+        Self {
+            cardinality: Cardinality::High,
+            prefixes: Vec::new(),
+            streaming_id: streaming_id.into(),
+            receive_timeout: DEFAULT_RECEIVE_TIMEOUT,
+            backoff: BackoffConfig::default(),
+            seed,
+        }
+    }
+
+    /// The prefixes actually requested: the configured ones, or all known ones.
+    pub fn requested_prefixes(&self) -> Vec<String> {
+        if self.prefixes.is_empty() {
+            KNOWN_PREFIXES.iter().map(|p| (*p).to_owned()).collect()
+        } else {
+            self.prefixes.clone()
+        }
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one command per attempt: boxing buys nothing
+pub enum Command {
+    /// Open a `TaggerStreamEntities` stream for attempt `id` with this request
+    /// (the driver adds the bearer token, read afresh for every stream).
+    OpenStream {
+        id: ConnectionId,
+        request: StreamTagsRequest,
+    },
+    /// Drop the stream (or the pending open) of attempt `id`.
+    CloseStream { id: ConnectionId },
+}
+
+/// What the application sees.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The mirror now reflects the server: a snapshot completed, a resume was
+    /// accepted, or (against a plain Datadog server) the first batch landed.
+    Synced { resumed: bool, entities: usize },
+    /// Entities changed in the mirror; query it for their tags.
+    EntitiesChanged(Vec<EntityChange>),
+    /// The attempt failed or the stream was lost; the next attempt starts
+    /// after `retry_in`. The mirror keeps serving its last content.
+    ConnectionLost {
+        id: ConnectionId,
+        reason: String,
+        retry_in: Duration,
+    },
+}
+
+/// The core's named timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Timer {
+    /// Waiting out the backoff before the next connect attempt.
+    Reconnect,
+    /// The stream has been silent; at the deadline it is dropped.
+    ReceiveWatchdog,
+}
+
+/// The next deadline and which timer it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout {
+    pub at: Instant,
+    pub timer: Timer,
+}
+
+/// Where a connection is, for traces and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    BackingOff,
+    /// Open requested, no response headers yet.
+    Connecting,
+    /// Headers or messages received, not synced yet.
+    Syncing,
+    Synced,
+}
+
+/// The server state the mirror holds, which a reconnect can resume from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePoint {
+    pub epoch: String,
+    pub revision: u64,
+}
+
+/// The client core. See the module docs for what it owns.
+///
+/// # Call order
+///
+/// Create it with [`ClientCore::new`]; it immediately wants to connect. Then,
+/// whenever something happens, call the matching `handle_*` with the current
+/// time, and after any handle: drain [`poll_command`](Self::poll_command) until
+/// `None` and execute the commands in order, then drain
+/// [`poll_event`](Self::poll_event) until `None`, then read
+/// [`poll_timeout`](Self::poll_timeout) and call
+/// [`handle_timeout`](Self::handle_timeout) when it is reached. Do the same
+/// right after `new`. There is always a timeout.
+///
+/// Every input that names a [`ConnectionId`] other than the current attempt's
+/// is stale (a race between the driver's futures) and changes nothing.
+pub struct ClientCore {
+    config: CoreConfig,
+    prefixes: Vec<String>,
+    backoff: Backoff,
+    next_id: u64,
+    state: State,
+    mirror: MirrorWriter,
+    resume_point: Option<ResumePoint>,
+    commands: VecDeque<Command>,
+    events: VecDeque<Event>,
+    telemetry: ClientTelemetry,
+}
+
+#[derive(Debug)]
+enum State {
+    BackingOff {
+        until: Instant,
+    },
+    Open {
+        id: ConnectionId,
+        /// Response headers were received; not a proof of life (a Go server
+        /// sends them only with its first message).
+        headers_received: bool,
+        /// The watchdog fires this long after the open or the last message.
+        last_activity: Instant,
+        sync: SyncPhase,
+    },
+}
+
+#[derive(Debug)]
+enum SyncPhase {
+    /// Nothing but keep-alives so far.
+    AwaitingFirstBatch,
+    /// An extension-aware server is sending a snapshot: stage it aside so
+    /// readers never see it half-filled.
+    Staging {
+        epoch: String,
+        staged: BTreeMap<EntityId, Entity>,
+    },
+    /// Synced; live changes are applied as they come. `epoch` is `None`
+    /// against a plain Datadog server.
+    Live { epoch: Option<String> },
+}
+
+impl ClientCore {
+    /// A core that wants to connect at once; drain its commands now.
+    pub fn new(now: Instant, config: CoreConfig, mirror: MirrorWriter) -> Self {
+        let mut core = Self {
+            prefixes: config.requested_prefixes(),
+            backoff: Backoff::new(config.backoff.clone(), config.seed),
+            config,
+            next_id: 1,
+            state: State::BackingOff { until: now },
+            mirror,
+            resume_point: None,
+            commands: VecDeque::new(),
+            events: VecDeque::new(),
+            telemetry: ClientTelemetry::default(),
+        };
+        core.open(now);
+        core
+    }
+
+    /// The driver's connection for attempt `id` delivered response headers.
+    /// Not a good message: neither the backoff nor the watchdog moves.
+    pub fn handle_connected(&mut self, _now: Instant, id: ConnectionId) {
+        if let State::Open {
+            id: current,
+            headers_received,
+            ..
+        } = &mut self.state
+            && *current == id
+        {
+            *headers_received = true;
+        }
+    }
+
+    /// Attempt `id` could not open its stream (connect, TLS, auth...).
+    pub fn handle_connect_failed(&mut self, now: Instant, id: ConnectionId, reason: &str) {
+        if self.is_current(id) {
+            self.fail(now, format!("connect failed: {reason}"));
+        }
+    }
+
+    /// Attempt `id`'s stream ended, cleanly or with an error: either way the
+    /// stream is gone, so back off and reconnect.
+    pub fn handle_stream_closed(&mut self, now: Instant, id: ConnectionId, reason: &str) {
+        if self.is_current(id) {
+            self.fail(now, format!("stream closed: {reason}"));
+        }
+    }
+
+    /// A response arrived on attempt `id`'s stream.
+    pub fn handle_response(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        mut response: StreamTagsResponse,
+    ) {
+        if !self.is_current(id) {
+            return;
+        }
+        self.telemetry.receives += 1;
+        let State::Open {
+            last_activity,
+            headers_received,
+            ..
+        } = &mut self.state
+        else {
+            unreachable!("is_current holds only for an open stream")
+        };
+        *last_activity = now;
+        *headers_received = true;
+        let events = self.decode(std::mem::take(&mut response.events));
+        let marked = response.snapshot_complete || response.resumed;
+        if events.is_empty() && !marked {
+            return; // keep-alive
+        }
+        if let Err(violation) = self.apply(response, events) {
+            self.commands.push_back(Command::CloseStream { id });
+            self.fail(now, format!("protocol violation: {violation}"));
+            return;
+        }
+        // A message that moved the sync forward: only now is the link proven.
+        self.backoff.reset();
+    }
+
+    /// Time passed; fires whichever timer is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(timeout) = self.poll_timeout() else {
+            return;
+        };
+        if now < timeout.at {
+            return;
+        }
+        match (timeout.timer, &self.state) {
+            (Timer::Reconnect, _) => self.open(now),
+            (Timer::ReceiveWatchdog, State::Open { id, .. }) => {
+                let id = *id;
+                self.commands.push_back(Command::CloseStream { id });
+                let silent = self.config.receive_timeout;
+                self.fail(now, format!("receive timeout: no message for {silent:?}"));
+            }
+            (Timer::ReceiveWatchdog, State::BackingOff { .. }) => {
+                unreachable!("the watchdog runs only for an open stream")
+            }
+        }
+    }
+
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next deadline. Always `Some`: a core always waits for something.
+    pub fn poll_timeout(&self) -> Option<Timeout> {
+        Some(match &self.state {
+            State::BackingOff { until } => Timeout {
+                at: *until,
+                timer: Timer::Reconnect,
+            },
+            State::Open { last_activity, .. } => Timeout {
+                at: *last_activity + self.config.receive_timeout,
+                timer: Timer::ReceiveWatchdog,
+            },
+        })
+    }
+
+    /// A reader of the mirror this core fills (one per thread).
+    pub fn mirror(&self) -> MirrorReader {
+        self.mirror.reader()
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.connection_state() == ConnectionState::Synced
+    }
+
+    pub fn connection_state(&self) -> ConnectionState {
+        match &self.state {
+            State::BackingOff { .. } => ConnectionState::BackingOff,
+            State::Open {
+                sync: SyncPhase::Live { .. },
+                ..
+            } => ConnectionState::Synced,
+            State::Open {
+                headers_received: false,
+                ..
+            } => ConnectionState::Connecting,
+            State::Open { .. } => ConnectionState::Syncing,
+        }
+    }
+
+    /// The attempt the core is on, if a stream is open or being opened.
+    pub fn current_connection(&self) -> Option<ConnectionId> {
+        match &self.state {
+            State::Open { id, .. } => Some(*id),
+            State::BackingOff { .. } => None,
+        }
+    }
+
+    /// The server state the mirror holds, if the server is extension-aware.
+    pub fn resume_point(&self) -> Option<&ResumePoint> {
+        self.resume_point.as_ref()
+    }
+
+    /// The interval the next backoff delay will be drawn around.
+    pub fn backoff_interval(&self) -> Duration {
+        self.backoff.interval()
+    }
+
+    pub fn telemetry(&self) -> &ClientTelemetry {
+        &self.telemetry
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    fn is_current(&self, id: ConnectionId) -> bool {
+        matches!(self.state, State::Open { id: current, .. } if current == id)
+    }
+
+    /// Starts a new attempt with a fresh id.
+    fn open(&mut self, now: Instant) {
+        let id = ConnectionId(self.next_id);
+        self.next_id += 1;
+        let (resume_revision, resume_epoch) = match &self.resume_point {
+            Some(point) => (point.revision, point.epoch.clone()),
+            None => (0, String::new()),
+        };
+        let request = StreamTagsRequest {
+            cardinality: self.config.cardinality.to_proto() as i32,
+            include_filter: None,
+            exclude_filter: None,
+            prefixes: self.prefixes.clone(),
+            streaming_id: self.config.streaming_id.clone(),
+            resume_revision,
+            resume_epoch,
+        };
+        self.commands.push_back(Command::OpenStream { id, request });
+        self.state = State::Open {
+            id,
+            headers_received: false,
+            last_activity: now,
+            sync: SyncPhase::AwaitingFirstBatch,
+        };
+    }
+
+    /// The current attempt is over: back off. The mirror keeps its content.
+    fn fail(&mut self, now: Instant, reason: String) {
+        let State::Open { id, .. } = self.state else {
+            return;
+        };
+        self.telemetry.stream_errors += 1;
+        let retry_in = self.backoff.next_delay();
+        self.state = State::BackingOff {
+            until: now + retry_in,
+        };
+        self.events.push_back(Event::ConnectionLost {
+            id,
+            reason,
+            retry_in,
+        });
+    }
+
+    /// Converts a response's events, skipping (and counting) what is malformed
+    /// or outside the subscription, and reducing tags to our cardinality in case
+    /// the server sent more than asked.
+    fn decode(&mut self, wire_events: Vec<StreamTagsEvent>) -> Vec<EntityEvent> {
+        let mut events = Vec::with_capacity(wire_events.len());
+        for event in wire_events {
+            let reason = match EntityEvent::from_proto(event) {
+                Ok(event) if self.prefixes.iter().any(|p| p == event.id().prefix()) => {
+                    events.push(self.reduce(event));
+                    continue;
+                }
+                Ok(_) => "unrequested_prefix",
+                Err(error) => error.reason(),
+            };
+            self.telemetry.count_rejected(reason);
+        }
+        events
+    }
+
+    fn reduce(&self, event: EntityEvent) -> EntityEvent {
+        let cardinality = self.config.cardinality;
+        match event {
+            EntityEvent::Added(entity) if cardinality < Cardinality::High => {
+                EntityEvent::Added(entity.reduced(cardinality))
+            }
+            EntityEvent::Modified(entity) if cardinality < Cardinality::High => {
+                EntityEvent::Modified(entity.reduced(cardinality))
+            }
+            event => event,
+        }
+    }
+
+    /// Applies a non-keep-alive response according to the sync phase.
+    fn apply(
+        &mut self,
+        response: StreamTagsResponse,
+        events: Vec<EntityEvent>,
+    ) -> Result<(), String> {
+        let State::Open { sync, .. } = &mut self.state else {
+            unreachable!("responses are applied only on an open stream")
+        };
+        let epoch = response.server_epoch;
+        match sync {
+            SyncPhase::AwaitingFirstBatch if epoch.is_empty() => {
+                // A plain Datadog server: its first non-empty batch replaces
+                // the store; later chunks of its snapshot are merged as they come.
+                if events.is_empty() {
+                    return Ok(());
+                }
+                *sync = SyncPhase::Live { epoch: None };
+                self.resume_point = None;
+                let staged = apply_to_staging(BTreeMap::new(), events);
+                self.swap_in(staged.into_values().collect());
+            }
+            SyncPhase::AwaitingFirstBatch
+                if response.resumed
+                    && self.resume_point.as_ref().is_some_and(|p| p.epoch == epoch) =>
+            {
+                *sync = SyncPhase::Live {
+                    epoch: Some(epoch.clone()),
+                };
+                self.telemetry.resumes += 1;
+                self.apply_live(events);
+                self.resume_point = Some(ResumePoint {
+                    epoch,
+                    revision: response.revision,
+                });
+                self.events.push_back(Event::Synced {
+                    resumed: true,
+                    entities: self.mirror.len(),
+                });
+            }
+            SyncPhase::AwaitingFirstBatch if response.resumed => {
+                return Err(format!("resumed epoch {epoch:?} we never synced from"));
+            }
+            SyncPhase::AwaitingFirstBatch => {
+                let staged = apply_to_staging(BTreeMap::new(), events);
+                self.stage(epoch, staged, response.snapshot_complete, response.revision);
+            }
+            SyncPhase::Staging {
+                epoch: staging_epoch,
+                staged,
+            } => {
+                if *staging_epoch != epoch {
+                    return Err(format!(
+                        "epoch changed mid-snapshot from {staging_epoch:?} to {epoch:?}"
+                    ));
+                }
+                let staged = apply_to_staging(std::mem::take(staged), events);
+                self.stage(epoch, staged, response.snapshot_complete, response.revision);
+            }
+            SyncPhase::Live { epoch: None } => self.apply_live(events),
+            SyncPhase::Live { epoch: Some(live) } => {
+                if *live != epoch {
+                    return Err(format!(
+                        "epoch changed mid-stream from {live:?} to {epoch:?}"
+                    ));
+                }
+                self.apply_live(events);
+                self.resume_point = Some(ResumePoint {
+                    epoch,
+                    revision: response.revision,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps staging an extension-aware snapshot, or swaps it in when complete.
+    fn stage(
+        &mut self,
+        epoch: String,
+        staged: BTreeMap<EntityId, Entity>,
+        complete: bool,
+        revision: u64,
+    ) {
+        let State::Open { sync, .. } = &mut self.state else {
+            unreachable!("staging happens only on an open stream")
+        };
+        if !complete {
+            *sync = SyncPhase::Staging { epoch, staged };
+            return;
+        }
+        *sync = SyncPhase::Live {
+            epoch: Some(epoch.clone()),
+        };
+        self.resume_point = Some(ResumePoint { epoch, revision });
+        self.swap_in(staged.into_values().collect());
+    }
+
+    /// Replaces the mirror with a complete snapshot and announces the sync.
+    fn swap_in(&mut self, entities: Vec<Entity>) {
+        self.telemetry.snapshots += 1;
+        let changes = self.mirror.replace_all(entities);
+        self.publish_changes(changes);
+        self.events.push_back(Event::Synced {
+            resumed: false,
+            entities: self.mirror.len(),
+        });
+    }
+
+    fn apply_live(&mut self, events: Vec<EntityEvent>) {
+        let changes = self.mirror.apply(events);
+        self.publish_changes(changes);
+    }
+
+    fn publish_changes(&mut self, changes: Vec<EntityChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        self.telemetry.updated_entities += changes.len() as u64;
+        self.events.push_back(Event::EntitiesChanged(changes));
+    }
+}
+
+/// Applies events to a staged (not yet visible) store: upserts replace the
+/// whole entity, a delete of an unknown id is a no-op.
+fn apply_to_staging(
+    mut staged: BTreeMap<EntityId, Entity>,
+    events: Vec<EntityEvent>,
+) -> BTreeMap<EntityId, Entity> {
+    for event in events {
+        match event {
+            EntityEvent::Added(entity) | EntityEvent::Modified(entity) => {
+                staged.insert(entity.id.clone(), entity);
+            }
+            EntityEvent::Deleted(id) => {
+                staged.remove(&id);
+            }
+        }
+    }
+    staged
+}

@@ -1,0 +1,592 @@
+//! The reference harness for the client core: a model server, a scripted
+//! network between them, and the invariants checked after every step.
+//!
+//! proptest, the fuzzer and the pure simulation tier drive the core through
+//! this one harness, so the invariants are written once. Everything here is
+//! pure and deterministic: time is a number the harness advances.
+
+mod model_server;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+pub use model_server::ModelServer;
+
+use crate::core::{ClientCore, Command, ConnectionId, CoreConfig, Event, Timer};
+use crate::domain::{Cardinality, Entity, EntityId};
+use crate::mirror::MirrorWriter;
+use crate::proto::model::{self as pb, StreamTagsResponse};
+
+/// Prefixes the harness's entities use (a subscription picks a subset).
+pub const HARNESS_PREFIXES: [&str; 3] = ["container_id", "kubernetes_pod_uid", "process"];
+/// Distinct entity ids per prefix: few, so changes collide with each other.
+pub const IDS_PER_PREFIX: u8 = 4;
+
+/// One step of a scenario: something the network, the server or time does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Time passes by this many milliseconds; due timers fire.
+    Advance { millis: u32 },
+    /// Time jumps straight to the core's next deadline, which fires.
+    AdvanceToTimeout,
+    /// The pending open succeeds: headers arrive and the server queues its
+    /// first responses (a snapshot, or a resume).
+    AcceptOpen,
+    /// The pending open fails.
+    FailOpen,
+    /// Up to this many queued responses reach the core.
+    Deliver { count: u8 },
+    /// The server sends an empty response.
+    KeepAlive,
+    /// The open stream (or pending open) breaks.
+    BreakStream,
+    /// The server's store upserts entity `entity` with tag variant `variant`.
+    ServerUpsert { entity: u8, variant: u8 },
+    /// The server's store deletes entity `entity` (a no-op if absent).
+    ServerDelete { entity: u8 },
+    /// The server sends a DELETED for an id it never had.
+    DeleteUnknown,
+    /// The server sends a malformed event of this kind.
+    Malformed { kind: u8 },
+    /// The server restarts: new epoch, change log lost, open stream broken.
+    ServerRestart,
+    /// The server starts or stops speaking the extensions (plain Datadog).
+    SetExtensions { enabled: bool },
+    /// An input for an attempt that is not the current one.
+    Stale { kind: u8, back: u8 },
+}
+
+/// Options of one harness run.
+#[derive(Debug, Clone)]
+pub struct HarnessConfig {
+    pub seed: u64,
+    pub cardinality: Cardinality,
+    /// Indices into [`HARNESS_PREFIXES`] the client subscribes to.
+    pub prefixes: Vec<usize>,
+    pub extensions: bool,
+    /// Events per snapshot chunk (small, so snapshots take several chunks).
+    pub chunk_events: usize,
+    /// Changes the server's log keeps for resumes.
+    pub log_capacity: usize,
+}
+
+impl Default for HarnessConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            cardinality: Cardinality::High,
+            prefixes: vec![0, 1, 2],
+            extensions: true,
+            chunk_events: 3,
+            log_capacity: 8,
+        }
+    }
+}
+
+/// What the driver holds: nothing, a pending open, or an open stream with the
+/// responses the server has queued on it.
+#[derive(Debug)]
+enum Link {
+    Idle,
+    Pending(ConnectionId),
+    Open {
+        id: ConnectionId,
+        queue: VecDeque<StreamTagsResponse>,
+    },
+}
+
+/// The core, the model server between them, and the reference state the
+/// invariants compare against.
+pub struct Harness {
+    core: ClientCore,
+    server: ModelServer,
+    config: HarnessConfig,
+    start: Instant,
+    now: Instant,
+    link: Link,
+    /// Ids of every attempt so far, for stale inputs.
+    attempts: Vec<ConnectionId>,
+    /// When the current stream last showed life (open or message).
+    last_activity: Instant,
+    /// The reference backoff interval, advanced on failures, reset on good messages.
+    expected_interval: Duration,
+    trace: Vec<String>,
+}
+
+/// An invariant violation: what broke, and the trace that led there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Violation {}
+
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            return Err(Violation(format!($($arg)+)));
+        }
+    };
+}
+
+/// The core's observable state: a stale input must leave all of it as it was.
+#[derive(Debug, PartialEq)]
+struct Observable {
+    state: crate::core::ConnectionState,
+    timeout: Option<crate::core::Timeout>,
+    resume_point: Option<crate::core::ResumePoint>,
+    backoff_interval: Duration,
+    telemetry: crate::core::ClientTelemetry,
+    mirror: Vec<Entity>,
+}
+
+impl Harness {
+    /// A harness whose core starts connecting at once (base time `start`).
+    pub fn new(config: HarnessConfig, start: Instant) -> Result<Self, Violation> {
+        let mut core_config = CoreConfig::new("harness:client", config.seed);
+        core_config.cardinality = config.cardinality;
+        core_config.prefixes = config
+            .prefixes
+            .iter()
+            .map(|&i| HARNESS_PREFIXES[i % HARNESS_PREFIXES.len()].to_owned())
+            .collect();
+        let core = ClientCore::new(start, core_config, MirrorWriter::new());
+        let mut harness = Self {
+            expected_interval: core.backoff_interval(),
+            core,
+            server: ModelServer::new(
+                config.seed,
+                config.extensions,
+                config.chunk_events,
+                config.log_capacity,
+            ),
+            config,
+            start,
+            now: start,
+            link: Link::Idle,
+            attempts: Vec::new(),
+            last_activity: start,
+            trace: Vec::new(),
+        };
+        harness.drain()?;
+        harness.check()?;
+        Ok(harness)
+    }
+
+    pub fn core(&self) -> &ClientCore {
+        &self.core
+    }
+
+    pub fn server(&self) -> &ModelServer {
+        &self.server
+    }
+
+    /// The application-level trace so far: commands, events and timeouts with
+    /// their time since start. Same seed and same ops give the same trace.
+    pub fn trace(&self) -> &[String] {
+        &self.trace
+    }
+
+    /// Runs one op, then checks every invariant.
+    pub fn step(&mut self, op: &Op) -> Result<(), Violation> {
+        self.record(format!("op {op:?}"));
+        match *op {
+            Op::Advance { millis } => {
+                self.now += Duration::from_millis(u64::from(millis));
+                self.fire_timers()?;
+            }
+            Op::AdvanceToTimeout => {
+                if let Some(timeout) = self.core.poll_timeout() {
+                    self.now = self.now.max(timeout.at);
+                }
+                self.fire_timers()?;
+            }
+            Op::AcceptOpen => self.accept_open()?,
+            Op::FailOpen => {
+                if let Link::Pending(id) = self.link {
+                    self.link = Link::Idle;
+                    self.core.handle_connect_failed(self.now, id, "refused");
+                    self.drain()?;
+                }
+            }
+            Op::Deliver { count } => {
+                for _ in 0..count {
+                    if !self.deliver_next()? {
+                        break;
+                    }
+                }
+            }
+            Op::KeepAlive => {
+                if let Link::Open { queue, .. } = &mut self.link {
+                    queue.push_back(self.server.keep_alive());
+                    self.deliver_next()?;
+                }
+            }
+            Op::BreakStream => self.break_link("broken pipe")?,
+            Op::ServerUpsert { entity, variant } => {
+                let change = self.server.upsert(entity, variant);
+                self.queue_live(change);
+            }
+            Op::ServerDelete { entity } => {
+                let change = self.server.delete(entity);
+                self.queue_live(change);
+            }
+            Op::DeleteUnknown => self.queue_raw(vec![model_server::unknown_delete()]),
+            Op::Malformed { kind } => self.queue_raw(vec![model_server::malformed_event(kind)]),
+            Op::ServerRestart => {
+                self.server.restart();
+                self.break_link("server restarted")?;
+            }
+            Op::SetExtensions { enabled } => self.server.set_extensions(enabled),
+            Op::Stale { kind, back } => self.stale_input(kind, back)?,
+        }
+        self.check()
+    }
+
+    /// Heals everything and runs until the client is synced with nothing left
+    /// to deliver, within `max_steps` network steps. Returns the simulated
+    /// time it took.
+    pub fn converge(&mut self, max_steps: usize) -> Result<Duration, Violation> {
+        let began = self.now;
+        for _ in 0..max_steps {
+            match &self.link {
+                Link::Pending(_) => self.step(&Op::AcceptOpen)?,
+                Link::Open { queue, .. } if !queue.is_empty() => {
+                    self.step(&Op::Deliver { count: u8::MAX })?
+                }
+                Link::Open { .. } if self.core.is_synced() => return Ok(self.now - began),
+                _ if self.never_syncs() => return Ok(self.now - began),
+                _ => self.step(&Op::AdvanceToTimeout)?,
+            }
+        }
+        Err(Violation(format!(
+            "no convergence within {max_steps} steps: state {:?}\n{}",
+            self.core.connection_state(),
+            self.trace_tail()
+        )))
+    }
+
+    /// A plain Datadog server with nothing to send never sends a message, so
+    /// a client of it never syncs: that is the protocol, not a bug.
+    fn never_syncs(&self) -> bool {
+        !self.server.extensions() && self.expected_store().is_empty()
+    }
+
+    fn fire_timers(&mut self) -> Result<(), Violation> {
+        // Timers may chain (a reconnect fires, then its watchdog): fire all due.
+        while let Some(timeout) = self.core.poll_timeout() {
+            if timeout.at > self.now {
+                break;
+            }
+            if timeout.timer == Timer::ReceiveWatchdog {
+                let silent = self.now - self.last_activity;
+                ensure!(
+                    silent >= self.core.config().receive_timeout,
+                    "receive watchdog due after only {silent:?} of silence"
+                );
+            }
+            self.core.handle_timeout(self.now);
+            self.drain()?;
+            ensure!(
+                self.core.poll_timeout() != Some(timeout),
+                "timer {timeout:?} fired without moving"
+            );
+        }
+        Ok(())
+    }
+
+    fn accept_open(&mut self) -> Result<(), Violation> {
+        let Link::Pending(id) = self.link else {
+            return Ok(());
+        };
+        let request = self.server.last_request().cloned().unwrap_or_default();
+        let queue = self.server.subscribe(&request).into();
+        self.link = Link::Open { id, queue };
+        self.core.handle_connected(self.now, id);
+        self.drain()
+    }
+
+    /// Delivers the next queued response; false if there was none.
+    fn deliver_next(&mut self) -> Result<bool, Violation> {
+        let Link::Open { id, queue } = &mut self.link else {
+            return Ok(false);
+        };
+        let id = *id;
+        let Some(response) = queue.pop_front() else {
+            return Ok(false);
+        };
+        let good = self.is_good_message(&response);
+        self.last_activity = self.now;
+        self.core.handle_response(self.now, id, response);
+        if good {
+            self.expected_interval = self.core.config().backoff.initial_interval;
+        }
+        self.drain()?;
+        Ok(true)
+    }
+
+    /// Whether the core must count this response as progress (and reset its
+    /// backoff): anything but a keep-alive, once malformed and unrequested
+    /// events are discounted.
+    fn is_good_message(&self, response: &StreamTagsResponse) -> bool {
+        let requested = self.core.config().requested_prefixes();
+        let useful_event = response.events.iter().any(|event| {
+            crate::domain::EntityEvent::from_proto(event.clone())
+                .is_ok_and(|event| requested.iter().any(|p| p == event.id().prefix()))
+        });
+        useful_event || response.snapshot_complete || response.resumed
+    }
+
+    fn break_link(&mut self, reason: &str) -> Result<(), Violation> {
+        match std::mem::replace(&mut self.link, Link::Idle) {
+            Link::Idle => return Ok(()),
+            Link::Pending(id) => self.core.handle_connect_failed(self.now, id, reason),
+            Link::Open { id, .. } => self.core.handle_stream_closed(self.now, id, reason),
+        }
+        self.drain()
+    }
+
+    /// Queues the server's live response for a change on the open stream.
+    fn queue_live(&mut self, change: Option<crate::domain::EntityEvent>) {
+        let (Some(change), Link::Open { queue, .. }) = (change, &mut self.link) else {
+            return;
+        };
+        if let Some(response) = self.server.live_response(&change) {
+            queue.push_back(response);
+        }
+    }
+
+    fn queue_raw(&mut self, events: Vec<pb::StreamTagsEvent>) {
+        if let Link::Open { queue, .. } = &mut self.link {
+            queue.push_back(self.server.raw_response(events));
+        }
+    }
+
+    fn stale_input(&mut self, kind: u8, back: u8) -> Result<(), Violation> {
+        let current = self.core.current_connection();
+        let stale: Vec<ConnectionId> = self
+            .attempts
+            .iter()
+            .copied()
+            .filter(|id| Some(*id) != current)
+            .collect();
+        let id = match stale.len() {
+            0 => ConnectionId(u64::MAX - u64::from(back)), // an id from the future
+            n => stale[n - 1 - usize::from(back) % n],
+        };
+        let before = self.observe();
+        match kind % 4 {
+            0 => self.core.handle_connected(self.now, id),
+            1 => self.core.handle_connect_failed(self.now, id, "stale"),
+            2 => self.core.handle_stream_closed(self.now, id, "stale"),
+            _ => {
+                let response = self.server.snapshot_response_for_stale_input();
+                self.core.handle_response(self.now, id, response);
+            }
+        }
+        ensure!(
+            self.core.poll_command().is_none(),
+            "stale input {id} produced a command"
+        );
+        ensure!(
+            self.core.poll_event().is_none(),
+            "stale input {id} produced an event"
+        );
+        let after = self.observe();
+        ensure!(
+            before == after,
+            "stale input {id} changed the core:\n{before:?}\n{after:?}"
+        );
+        Ok(())
+    }
+
+    fn observe(&self) -> Observable {
+        Observable {
+            state: self.core.connection_state(),
+            timeout: self.core.poll_timeout(),
+            resume_point: self.core.resume_point().cloned(),
+            backoff_interval: self.core.backoff_interval(),
+            telemetry: self.core.telemetry().clone(),
+            mirror: self.core.mirror().list(),
+        }
+    }
+
+    /// Executes the core's commands like a driver would, records its events,
+    /// and checks the per-command and per-event invariants.
+    fn drain(&mut self) -> Result<(), Violation> {
+        while let Some(command) = self.core.poll_command() {
+            self.record(format!("command {}", describe_command(&command)));
+            match command {
+                Command::OpenStream { id, request } => {
+                    ensure!(
+                        matches!(self.link, Link::Idle),
+                        "{id} opened while {:?} is still live",
+                        self.link
+                    );
+                    ensure!(
+                        self.attempts.last().is_none_or(|last| *last < id),
+                        "{id} reuses or goes back on an attempt id"
+                    );
+                    self.attempts.push(id);
+                    self.server.record_request(request);
+                    self.link = Link::Pending(id);
+                    self.last_activity = self.now;
+                }
+                Command::CloseStream { id } => {
+                    let live = match &self.link {
+                        Link::Pending(live) | Link::Open { id: live, .. } => Some(*live),
+                        Link::Idle => None,
+                    };
+                    ensure!(live == Some(id), "close of {id}, which is not live");
+                    self.link = Link::Idle;
+                }
+            }
+        }
+        while let Some(event) = self.core.poll_event() {
+            self.record(format!("event {}", describe_event(&event)));
+            if let Event::ConnectionLost { retry_in, .. } = event {
+                self.check_backoff(retry_in)?;
+                // The core reports the loss of the attempt it was on.
+                if let Link::Pending(_) | Link::Open { .. } = self.link {
+                    self.link = Link::Idle;
+                }
+            }
+        }
+        if let Some(timeout) = self.core.poll_timeout() {
+            let at = timeout.at.saturating_duration_since(self.start);
+            self.record(format!("timeout {:?} at {at:?}", timeout.timer));
+        }
+        Ok(())
+    }
+
+    fn check_backoff(&mut self, delay: Duration) -> Result<(), Violation> {
+        let backoff = &self.core.config().backoff;
+        let (low, high) = backoff.jitter_bounds(self.expected_interval);
+        ensure!(
+            low <= delay && delay <= high,
+            "backoff delay {delay:?} outside {low:?}..={high:?}"
+        );
+        self.expected_interval = backoff.grow(self.expected_interval);
+        ensure!(
+            self.core.backoff_interval() == self.expected_interval,
+            "backoff interval {:?}, expected {:?}",
+            self.core.backoff_interval(),
+            self.expected_interval
+        );
+        Ok(())
+    }
+
+    /// Invariants that hold after every step.
+    fn check(&self) -> Result<(), Violation> {
+        ensure!(self.core.poll_timeout().is_some(), "no timer is armed");
+        let live = matches!(self.link, Link::Pending(_) | Link::Open { .. });
+        ensure!(
+            live == self.core.current_connection().is_some(),
+            "driver holds {:?} but the core is on {:?}",
+            self.link,
+            self.core.current_connection()
+        );
+        let mirror = self.core.mirror().list();
+        // Against an extension-aware server the mirror is always exactly the
+        // server's store at the revision it resumes from: never half-applied.
+        if let Some(point) = self.core.resume_point() {
+            let config = self.core.config();
+            let expected = self.server.history_view(
+                &point.epoch,
+                point.revision,
+                config.cardinality,
+                &config.requested_prefixes(),
+            );
+            ensure!(
+                expected.as_ref() == Some(&mirror),
+                "mirror differs from the server store at {point:?}:\nmirror   {mirror:?}\nexpected {expected:?}"
+            );
+        }
+        let drained = match &self.link {
+            Link::Open { queue, .. } => queue.is_empty(),
+            _ => false,
+        };
+        if self.core.is_synced() && drained {
+            let expected = self.expected_store();
+            ensure!(
+                mirror == expected,
+                "synced mirror differs from the server store:\nmirror   {mirror:?}\nexpected {expected:?}"
+            );
+        }
+        Ok(())
+    }
+
+    /// The server's store as this client should see it.
+    fn expected_store(&self) -> Vec<Entity> {
+        let config = self.core.config();
+        self.server
+            .view(config.cardinality, &config.requested_prefixes())
+            .into_values()
+            .collect()
+    }
+
+    fn record(&mut self, line: String) {
+        let at = self.now - self.start;
+        self.trace
+            .push(format!("{:>12.3}s {line}", at.as_secs_f64()));
+    }
+
+    fn trace_tail(&self) -> String {
+        let mut tail = String::new();
+        for line in self.trace.iter().rev().take(30).rev() {
+            let _ = writeln!(tail, "  {line}");
+        }
+        tail
+    }
+
+    /// The harness config this run uses.
+    pub fn config(&self) -> &HarnessConfig {
+        &self.config
+    }
+}
+
+/// Reference store reduced for one subscription.
+pub type View = BTreeMap<EntityId, Entity>;
+
+fn describe_command(command: &Command) -> String {
+    match command {
+        Command::OpenStream { id, request } => format!(
+            "open {id} resume={}@{:?}",
+            request.resume_revision, request.resume_epoch
+        ),
+        Command::CloseStream { id } => format!("close {id}"),
+    }
+}
+
+fn describe_event(event: &Event) -> String {
+    match event {
+        Event::EntitiesChanged(changes) => {
+            let mut line = String::from("changed");
+            for change in changes {
+                let _ = write!(line, " {:?}:{}", change.kind, change.id);
+            }
+            line
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Runs `ops` on a fresh harness, stopping at the first violation, which
+/// comes back with the tail of the trace.
+pub fn run(config: HarnessConfig, ops: &[Op], start: Instant) -> Result<Harness, Violation> {
+    let mut harness = Harness::new(config, start)?;
+    for op in ops {
+        if let Err(Violation(what)) = harness.step(op) {
+            return Err(Violation(format!(
+                "{what}\ntrace tail:\n{}",
+                harness.trace_tail()
+            )));
+        }
+    }
+    Ok(harness)
+}
