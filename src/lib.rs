@@ -20,6 +20,7 @@ pub mod proto {
     pub use datadog::model::v1 as model;
 }
 
+pub mod client;
 pub mod core;
 pub mod domain;
 pub mod harness;

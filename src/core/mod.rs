@@ -362,6 +362,17 @@ impl ClientCore {
         self.resume_point.as_ref()
     }
 
+    /// Entities staged for a snapshot that is not complete yet (progress).
+    pub fn staged_entities(&self) -> usize {
+        match &self.state {
+            State::Open {
+                sync: SyncPhase::Staging { staged, .. },
+                ..
+            } => staged.len(),
+            _ => 0,
+        }
+    }
+
     /// The interval the next backoff delay will be drawn around.
     pub fn backoff_interval(&self) -> Duration {
         self.backoff.interval()

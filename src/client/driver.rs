@@ -1,0 +1,262 @@
+//! The tokio/tonic driver: runs the core, nothing more. One biased select
+//! over shutdown, the open stream, the pending open and the core's timeout;
+//! every outcome becomes exactly one core input, and the core decides.
+
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+use tonic::Streaming;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Endpoint;
+
+use super::transport::{self, BoxFuture, Connector, Dialer};
+use super::{ClientConfig, ClientStatus};
+use crate::core::{ClientCore, Command, ConnectionId, CoreConfig, Event};
+use crate::mirror::{MirrorReader, MirrorWriter};
+use crate::proto::api::agent_secure_client::AgentSecureClient;
+use crate::proto::model::{StreamTagsRequest, StreamTagsResponse};
+
+type PendingOpen = BoxFuture<Result<Streaming<StreamTagsResponse>, String>>;
+
+pub(super) struct Driver {
+    core: ClientCore,
+    /// The driver's own reader, for status (readers are per thread).
+    mirror: MirrorReader,
+    config: ClientConfig,
+    dialer: Arc<dyn Dialer>,
+    events: broadcast::Sender<Event>,
+    status: watch::Sender<ClientStatus>,
+    shutdown: watch::Receiver<bool>,
+    last_error: Option<String>,
+}
+
+impl Driver {
+    pub(super) fn new(
+        config: ClientConfig,
+        core_config: CoreConfig,
+        dialer: Arc<dyn Dialer>,
+        events: broadcast::Sender<Event>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let core = ClientCore::new(now(), core_config, MirrorWriter::new());
+        let mirror = core.mirror();
+        let (status, _) = watch::channel(status_of(&core, &mirror, None));
+        Self {
+            core,
+            mirror,
+            config,
+            dialer,
+            events,
+            status,
+            shutdown,
+            last_error: None,
+        }
+    }
+
+    pub(super) fn mirror(&self) -> MirrorReader {
+        self.mirror.clone()
+    }
+
+    pub(super) fn status(&self) -> watch::Receiver<ClientStatus> {
+        self.status.subscribe()
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut stream: Option<(ConnectionId, Streaming<StreamTagsResponse>)> = None;
+        let mut pending: Option<(ConnectionId, PendingOpen)> = None;
+        loop {
+            self.execute_commands(&mut stream, &mut pending);
+            self.publish_events();
+            let timeout = self
+                .core
+                .poll_timeout()
+                .expect("the core always has a timeout");
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => break,
+                message = next_message(&mut stream) => {
+                    let (id, message) = message;
+                    match message {
+                        Ok(Some(response)) => self.core.handle_response(now(), id, response),
+                        Ok(None) => {
+                            stream = None;
+                            self.core.handle_stream_closed(now(), id, "server ended the stream");
+                        }
+                        Err(status) => {
+                            stream = None;
+                            self.core.handle_stream_closed(now(), id, &describe(&status));
+                        }
+                    }
+                }
+                opened = open_outcome(&mut pending) => {
+                    let (id, opened) = opened;
+                    pending = None;
+                    match opened {
+                        Ok(opened) => {
+                            stream = Some((id, opened));
+                            self.core.handle_connected(now(), id);
+                        }
+                        Err(reason) => self.core.handle_connect_failed(now(), id, &reason),
+                    }
+                }
+                _ = tokio::time::sleep_until(Instant::from_std(timeout.at)) => {
+                    self.core.handle_timeout(now());
+                }
+            }
+        }
+    }
+
+    fn execute_commands(
+        &mut self,
+        stream: &mut Option<(ConnectionId, Streaming<StreamTagsResponse>)>,
+        pending: &mut Option<(ConnectionId, PendingOpen)>,
+    ) {
+        while let Some(command) = self.core.poll_command() {
+            match command {
+                Command::OpenStream { id, request } => {
+                    tracing::debug!(%id, resume = request.resume_revision, "opening stream");
+                    *stream = None;
+                    *pending = Some((id, self.open(request)));
+                }
+                Command::CloseStream { id } => {
+                    tracing::debug!(%id, "closing stream");
+                    if stream.as_ref().is_some_and(|(live, _)| *live == id) {
+                        *stream = None;
+                    }
+                    if pending.as_ref().is_some_and(|(live, _)| *live == id) {
+                        *pending = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt: a fresh endpoint and connection, the token read afresh.
+    fn open(&self, request: StreamTagsRequest) -> PendingOpen {
+        let config = self.config.clone();
+        let dialer = self.dialer.clone();
+        Box::pin(async move {
+            let token = transport::read_token(&config.auth_token_file).await?;
+            let tls = transport::rustls_config(&config.tls)
+                .map_err(|e| e.to_string())?
+                .map(|rustls| {
+                    let name =
+                        rustls_pki_types::ServerName::try_from(config.tls.server_name.clone())
+                            .expect("validated at start");
+                    (rustls, name)
+                });
+            let connector = Connector {
+                dialer,
+                target: config.target.clone(),
+                tls,
+            };
+            let endpoint = Endpoint::from_shared(format!("http://{}", config.target))
+                .map_err(|e| format!("invalid target {}: {e}", config.target))?
+                .connect_timeout(config.connect_timeout)
+                .http2_keep_alive_interval(config.http2_keepalive_interval)
+                .keep_alive_timeout(config.http2_keepalive_timeout)
+                .keep_alive_while_idle(true);
+            let channel = endpoint
+                .connect_with_connector(connector)
+                .await
+                .map_err(|e| format!("cannot connect to {}: {}", config.target, error_chain(&e)))?;
+            let mut client =
+                AgentSecureClient::new(channel).max_decoding_message_size(config.max_message_size);
+            let mut request = tonic::Request::new(request);
+            let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                "the auth token holds characters not allowed in a header".to_owned()
+            })?;
+            request.metadata_mut().insert("authorization", bearer);
+            let response = client
+                .tagger_stream_entities(request)
+                .await
+                .map_err(|status| describe(&status))?;
+            Ok(response.into_inner())
+        })
+    }
+
+    fn publish_events(&mut self) {
+        while let Some(event) = self.core.poll_event() {
+            match &event {
+                Event::ConnectionLost {
+                    id,
+                    reason,
+                    retry_in,
+                } => {
+                    tracing::warn!(%id, retry_in = ?retry_in, "tagger stream lost: {reason}");
+                    self.last_error = Some(reason.clone());
+                }
+                Event::Synced { resumed, entities } => {
+                    tracing::info!(resumed, entities, "tagger mirror synced");
+                    self.last_error = None;
+                }
+                Event::EntitiesChanged(_) => {}
+            }
+            // No subscriber is fine: the mirror is the source of truth.
+            let _ = self.events.send(event);
+        }
+        let status = status_of(&self.core, &self.mirror, self.last_error.clone());
+        self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+    }
+}
+
+fn status_of(core: &ClientCore, mirror: &MirrorReader, last_error: Option<String>) -> ClientStatus {
+    ClientStatus {
+        state: core.connection_state(),
+        telemetry: core.telemetry().clone(),
+        staged_entities: core.staged_entities(),
+        mirrored_entities: mirror.len(),
+        extension_aware: core.resume_point().is_some(),
+        backoff_interval: core.backoff_interval(),
+        last_error,
+    }
+}
+
+/// The driver's clock: tokio's, so turmoil can simulate it.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// The next message of the open stream; pends forever when there is none.
+async fn next_message(
+    stream: &mut Option<(ConnectionId, Streaming<StreamTagsResponse>)>,
+) -> (
+    ConnectionId,
+    Result<Option<StreamTagsResponse>, tonic::Status>,
+) {
+    match stream {
+        Some((id, stream)) => (*id, stream.message().await),
+        None => std::future::pending().await,
+    }
+}
+
+/// The outcome of the pending open; pends forever when there is none.
+async fn open_outcome(
+    pending: &mut Option<(ConnectionId, PendingOpen)>,
+) -> (ConnectionId, Result<Streaming<StreamTagsResponse>, String>) {
+    match pending {
+        Some((id, open)) => (*id, open.await),
+        None => std::future::pending().await,
+    }
+}
+
+fn describe(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+/// An error with its causes, `a: b: c`, so "connection refused" is not lost.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,279 @@
+//! The remote tagger an application embeds: the sans-IO [`crate::core`] run
+//! by a tokio/tonic driver, with the mirror's queries, a sync signal and a
+//! stream of changes.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), remote_tagger::client::ClientError> {
+//! use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode};
+//! use remote_tagger::domain::Cardinality;
+//!
+//! let mut config = ClientConfig::new("127.0.0.1:5001", "/etc/datadog-agent/auth_token");
+//! config.tls.mode = TlsMode::Verify { ca_file: "/etc/datadog-agent/ipc_cert.pem".into() };
+//! let tagger = RemoteTagger::start(config)?;
+//! tagger.wait_synced().await;
+//! let mirror = tagger.mirror();
+//! let tags = mirror.tags("container_id://abc", Cardinality::High);
+//! println!("{:?}", tags.to_vec());
+//! tagger.stop().await;
+//! # Ok(()) }
+//! ```
+
+mod driver;
+mod transport;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+pub use transport::{BoxFuture, Dialer, Io, TcpDialer, TlsMode, TlsSettings};
+
+use crate::core::{BackoffConfig, ClientTelemetry, ConnectionState, CoreConfig, Event};
+use crate::domain::Cardinality;
+use crate::mirror::MirrorReader;
+
+/// Default largest message the client accepts (the Datadog default).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+/// Everything the client needs to mirror one server.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` of the tagger server (a Datadog Agent listens on 5001).
+    pub target: String,
+    /// The file holding the bearer token; re-read for every new stream.
+    pub auth_token_file: PathBuf,
+    pub tls: TlsSettings,
+    pub cardinality: Cardinality,
+    /// Prefixes to mirror; empty means every known prefix (sent explicitly).
+    pub prefixes: Vec<String>,
+    /// Limit on TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
+    /// HTTP/2 PING interval and the time a PING may go unanswered: without
+    /// them a partitioned stream hangs until the 10 min receive watchdog.
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+    pub max_message_size: usize,
+    pub receive_timeout: Duration,
+    pub backoff: BackoffConfig,
+    /// Seed of the backoff jitter; random when `None`.
+    pub seed: Option<u64>,
+    /// `<flavor>:<uuid>`; a random `remote-tagger:<uuid>` when `None`.
+    pub streaming_id: Option<String>,
+}
+
+impl ClientConfig {
+    /// Spec defaults, plaintext TLS mode until set otherwise.
+    pub fn new(target: impl Into<String>, auth_token_file: impl Into<PathBuf>) -> Self {
+        Self {
+            target: target.into(),
+            auth_token_file: auth_token_file.into(),
+            tls: TlsSettings::default(),
+            cardinality: Cardinality::High,
+            prefixes: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            http2_keepalive_interval: Duration::from_secs(20),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            receive_timeout: crate::core::DEFAULT_RECEIVE_TIMEOUT,
+            backoff: BackoffConfig::default(),
+            seed: None,
+            streaming_id: None,
+        }
+    }
+}
+
+/// Why the client could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Tls(String),
+    #[error("invalid target {target:?}: {reason} (expected HOST:PORT, e.g. 127.0.0.1:5001)")]
+    Target { target: String, reason: String },
+    #[error("invalid TLS server name {0:?}")]
+    ServerName(String),
+}
+
+/// What the client is doing, refreshed after every input the core handles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientStatus {
+    pub state: ConnectionState,
+    pub telemetry: ClientTelemetry,
+    /// Entities received for a snapshot not yet complete (progress).
+    pub staged_entities: usize,
+    /// Entities in the mirror.
+    pub mirrored_entities: usize,
+    /// The server speaks this project's extensions (atomic snapshots, resume).
+    pub extension_aware: bool,
+    /// The interval the next backoff delay is drawn around.
+    pub backoff_interval: Duration,
+    /// The last error, if the connection is not healthy.
+    pub last_error: Option<String>,
+}
+
+/// A running remote tagger. Dropping it stops the driver too.
+pub struct RemoteTagger {
+    mirror: MirrorReader,
+    status: watch::Receiver<ClientStatus>,
+    events: broadcast::Sender<Event>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Events a slow subscriber may fall behind by before it misses some.
+const EVENT_BUFFER: usize = 4096;
+
+impl RemoteTagger {
+    /// Starts mirroring over TCP. Must be called within a tokio runtime.
+    pub fn start(config: ClientConfig) -> Result<Self, ClientError> {
+        Self::start_with_dialer(config, Arc::new(TcpDialer))
+    }
+
+    /// Starts mirroring over a custom transport (simulations, tests).
+    pub fn start_with_dialer(
+        config: ClientConfig,
+        dialer: Arc<dyn Dialer>,
+    ) -> Result<Self, ClientError> {
+        validate_target(&config.target)?;
+        rustls_pki_types::ServerName::try_from(config.tls.server_name.clone())
+            .map_err(|_| ClientError::ServerName(config.tls.server_name.clone()))?;
+        // Fail fast on unreadable TLS files; each attempt reads them again.
+        transport::rustls_config(&config.tls)?;
+        let seed = config.seed.unwrap_or_else(random_u64);
+        let streaming_id = config
+            .streaming_id
+            .clone()
+            .unwrap_or_else(|| format!("remote-tagger:{}", random_uuid()));
+        let core_config = CoreConfig {
+            cardinality: config.cardinality,
+            prefixes: config.prefixes.clone(),
+            streaming_id,
+            receive_timeout: config.receive_timeout,
+            backoff: config.backoff.clone(),
+            seed,
+        };
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let driver = driver::Driver::new(config, core_config, dialer, events.clone(), shutdown_rx);
+        let mirror = driver.mirror();
+        let status = driver.status();
+        let task = tokio::spawn(driver.run());
+        Ok(Self {
+            mirror,
+            status,
+            events,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Resolves once the mirror is synced with the server (at once if it is).
+    pub async fn wait_synced(&self) {
+        let mut status = self.status.clone();
+        // The sender lives as long as the driver; if it is gone we are stopping.
+        let _ = status
+            .wait_for(|s| s.state == ConnectionState::Synced)
+            .await;
+    }
+
+    /// A reader of the mirror for the calling thread (clone one per thread).
+    pub fn mirror(&self) -> MirrorReader {
+        self.mirror.clone()
+    }
+
+    /// Changes as they happen. A receiver that falls more than a few thousand
+    /// events behind gets `Lagged` and should re-read the mirror.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The latest status, and a receiver that sees every update.
+    pub fn status(&self) -> watch::Receiver<ClientStatus> {
+        self.status.clone()
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.status.borrow().state == ConnectionState::Synced
+    }
+
+    /// Stops the driver and waits for it; the mirror stays readable.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = (&mut { self }.task).await;
+    }
+}
+
+impl Drop for RemoteTagger {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn validate_target(target: &str) -> Result<(), ClientError> {
+    let invalid = |reason: &str| ClientError::Target {
+        target: target.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (host, port) = target.rsplit_once(':').ok_or_else(|| invalid("no port"))?;
+    if host.is_empty() {
+        return Err(invalid("no host"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| invalid("the port is not a number from 0 to 65535"))?;
+    format!("http://{target}")
+        .parse::<tonic::codegen::http::Uri>()
+        .map_err(|e| invalid(&e.to_string()))?;
+    Ok(())
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // No entropy source at all leaves jitter deterministic, nothing worse.
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+/// A random (version 4) UUID in its text form.
+fn random_uuid() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_validated_with_a_clear_reason() {
+        assert!(validate_target("127.0.0.1:5001").is_ok());
+        assert!(validate_target("localhost:5001").is_ok());
+        assert!(validate_target("[::1]:5001").is_ok());
+        for bad in ["localhost", ":5001", "host:port", "host:70000"] {
+            let error = validate_target(bad).unwrap_err().to_string();
+            assert!(
+                error.contains(bad) && error.contains("HOST:PORT"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn uuids_are_version_4() {
+        let uuid = random_uuid();
+        assert_eq!(uuid.len(), 36);
+        assert_eq!(&uuid[14..15], "4");
+        assert_ne!(uuid, random_uuid());
+    }
+}

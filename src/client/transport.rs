@@ -1,0 +1,237 @@
+//! How the client driver reaches a server: a [`Dialer`] for the byte stream
+//! (TCP in production, turmoil in simulations), rustls on top of it, and the
+//! bearer token read afresh for every stream.
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::{self, ClientConfig as RustlsConfig, RootCertStore};
+
+use super::ClientError;
+
+/// A boxed future, as the dialer and connector return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A byte stream the driver can speak HTTP/2 over.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Opens byte streams to `host:port` targets. Production dials TCP; the
+/// simulations dial `turmoil::net`.
+pub trait Dialer: Send + Sync + 'static {
+    fn dial(&self, target: &str) -> BoxFuture<io::Result<Box<dyn Io>>>;
+}
+
+/// Dials real TCP with `TCP_NODELAY` (small gRPC frames must not wait).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpDialer;
+
+impl Dialer for TcpDialer {
+    fn dial(&self, target: &str) -> BoxFuture<io::Result<Box<dyn Io>>> {
+        let target = target.to_owned();
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(&target).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as Box<dyn Io>)
+        })
+    }
+}
+
+/// How the client protects and authenticates the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Verify the server's certificate against the certificates of this PEM
+    /// file (the server's own `ipc_cert.pem` works: it is self-signed).
+    Verify { ca_file: PathBuf },
+    /// Encrypt but accept any server certificate. Only for debugging: anyone
+    /// on the path can impersonate the server and read the token.
+    InsecureSkipVerify,
+    /// No TLS at all: tests and simulations only.
+    InsecurePlaintext,
+}
+
+/// TLS settings of the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub mode: TlsMode,
+    /// The name the server's certificate must carry (Datadog: `localhost`).
+    pub server_name: String,
+    /// A PEM file holding our certificate followed by its private key, for
+    /// servers that require mutual TLS.
+    pub client_cert_file: Option<PathBuf>,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            mode: TlsMode::InsecurePlaintext,
+            server_name: "localhost".to_owned(),
+            client_cert_file: None,
+        }
+    }
+}
+
+/// Builds the rustls config for one connection (files are read each time, so
+/// rotated certificates are picked up on the next attempt). `None` means
+/// plaintext.
+pub(crate) fn rustls_config(tls: &TlsSettings) -> Result<Option<Arc<RustlsConfig>>, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = RustlsConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(format!("TLS setup failed: {e}")))?;
+    let builder = match &tls.mode {
+        TlsMode::InsecurePlaintext => return Ok(None),
+        TlsMode::Verify { ca_file } => builder.with_root_certificates(load_roots(ca_file)?),
+        TlsMode::InsecureSkipVerify => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServer { provider })),
+    };
+    let mut config = match &tls.client_cert_file {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let (chain, key) = load_identity(path)?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                ClientError::Tls(format!("client certificate {}: {e}", path.display()))
+            })?
+        }
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(Arc::new(config)))
+}
+
+fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let bad = |what: String| ClientError::Tls(format!("{}: {what}", path.display()));
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(format!("cannot read certificates: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("malformed PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("holds no PEM certificate".to_owned()));
+    }
+    Ok(certs)
+}
+
+fn load_roots(path: &Path) -> Result<RootCertStore, ClientError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certificates(path)? {
+        roots.add(cert).map_err(|e| {
+            ClientError::Tls(format!("{}: unusable CA certificate: {e}", path.display()))
+        })?;
+    }
+    Ok(roots)
+}
+
+fn load_identity(
+    path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ClientError> {
+    let chain = load_certificates(path)?;
+    let key = PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| ClientError::Tls(format!("{}: no usable private key: {e}", path.display())))?;
+    Ok((chain, key))
+}
+
+/// Reads the bearer token: trimmed, and never echoed in errors.
+pub(crate) async fn read_token(path: &Path) -> Result<String, String> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| format!("cannot read auth token file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("auth token file {} is empty", path.display()));
+    }
+    Ok(token.to_owned())
+}
+
+/// The tower connector tonic uses for one attempt: dial, then TLS if set.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    pub dialer: Arc<dyn Dialer>,
+    pub target: String,
+    pub tls: Option<(Arc<RustlsConfig>, ServerName<'static>)>,
+}
+
+impl tower_service::Service<tonic::codegen::http::Uri> for Connector {
+    type Response = TokioIo<Box<dyn Io>>;
+    type Error = io::Error;
+    type Future = BoxFuture<io::Result<Self::Response>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let stream = this.dialer.dial(&this.target).await?;
+            let Some((config, server_name)) = this.tls else {
+                return Ok(TokioIo::new(stream));
+            };
+            let tls = TlsConnector::from(config)
+                .connect(server_name, stream)
+                .await?;
+            Ok(TokioIo::new(Box::new(tls) as Box<dyn Io>))
+        })
+    }
+}
+
+/// Accepts any server certificate but still checks the handshake signatures.
+#[derive(Debug)]
+struct AcceptAnyServer {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
