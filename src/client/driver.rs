@@ -7,14 +7,11 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tonic::Streaming;
-use tonic::metadata::MetadataValue;
-use tonic::transport::Endpoint;
 
-use super::transport::{self, BoxFuture, Connector, Dialer};
+use super::transport::{self, BoxFuture, Dialer};
 use super::{ClientConfig, ClientStatus};
 use crate::core::{ClientCore, Command, ConnectionId, CoreConfig, Event};
 use crate::mirror::{MirrorReader, MirrorWriter};
-use crate::proto::api::agent_secure_client::AgentSecureClient;
 use crate::proto::model::{StreamTagsRequest, StreamTagsResponse};
 
 type PendingOpen = BoxFuture<Result<Streaming<StreamTagsResponse>, String>>;
@@ -85,7 +82,7 @@ impl Driver {
                         }
                         Err(status) => {
                             stream = None;
-                            self.core.handle_stream_closed(now(), id, &describe(&status));
+                            self.core.handle_stream_closed(now(), id, &transport::describe(&status));
                         }
                     }
                 }
@@ -137,41 +134,12 @@ impl Driver {
         let config = self.config.clone();
         let dialer = self.dialer.clone();
         Box::pin(async move {
-            let token = transport::read_token(&config.auth_token_file).await?;
-            let tls = transport::rustls_config(&config.tls)
-                .map_err(|e| e.to_string())?
-                .map(|rustls| {
-                    let name =
-                        rustls_pki_types::ServerName::try_from(config.tls.server_name.clone())
-                            .expect("validated at start");
-                    (rustls, name)
-                });
-            let connector = Connector {
-                dialer,
-                target: config.target.clone(),
-                tls,
-            };
-            let endpoint = Endpoint::from_shared(format!("http://{}", config.target))
-                .map_err(|e| format!("invalid target {}: {e}", config.target))?
-                .connect_timeout(config.connect_timeout)
-                .http2_keep_alive_interval(config.http2_keepalive_interval)
-                .keep_alive_timeout(config.http2_keepalive_timeout)
-                .keep_alive_while_idle(true);
-            let channel = endpoint
-                .connect_with_connector(connector)
-                .await
-                .map_err(|e| format!("cannot connect to {}: {}", config.target, error_chain(&e)))?;
-            let mut client =
-                AgentSecureClient::new(channel).max_decoding_message_size(config.max_message_size);
-            let mut request = tonic::Request::new(request);
-            let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
-                "the auth token holds characters not allowed in a header".to_owned()
-            })?;
-            request.metadata_mut().insert("authorization", bearer);
+            let (mut client, token) = transport::connect(&config, dialer).await?;
+            let request = transport::authorized(request, &token)?;
             let response = client
                 .tagger_stream_entities(request)
                 .await
-                .map_err(|status| describe(&status))?;
+                .map_err(|status| transport::describe(&status))?;
             Ok(response.into_inner())
         })
     }
@@ -243,20 +211,4 @@ async fn open_outcome(
         Some((id, open)) => (*id, open.await),
         None => std::future::pending().await,
     }
-}
-
-fn describe(status: &tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
-}
-
-/// An error with its causes, `a: b: c`, so "connection refused" is not lost.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

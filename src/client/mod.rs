@@ -31,8 +31,9 @@ use tokio::task::JoinHandle;
 pub use transport::{BoxFuture, Dialer, Io, TcpDialer, TlsMode, TlsSettings};
 
 use crate::core::{BackoffConfig, ClientTelemetry, ConnectionState, CoreConfig, Event};
-use crate::domain::Cardinality;
+use crate::domain::{Cardinality, EntityId};
 use crate::mirror::MirrorReader;
+use crate::proto::model::FetchEntityRequest;
 
 /// Default largest message the client accepts (the Datadog default).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
@@ -135,11 +136,7 @@ impl RemoteTagger {
         config: ClientConfig,
         dialer: Arc<dyn Dialer>,
     ) -> Result<Self, ClientError> {
-        validate_target(&config.target)?;
-        rustls_pki_types::ServerName::try_from(config.tls.server_name.clone())
-            .map_err(|_| ClientError::ServerName(config.tls.server_name.clone()))?;
-        // Fail fast on unreadable TLS files; each attempt reads them again.
-        transport::rustls_config(&config.tls)?;
+        validate(&config)?;
         let seed = config.seed.unwrap_or_else(random_u64);
         let streaming_id = config
             .streaming_id
@@ -208,6 +205,50 @@ impl Drop for RemoteTagger {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Asks the server for one entity's tags (`TaggerFetchEntity`). An unknown
+/// entity is not an error: the server answers with no tags.
+pub async fn fetch_entity(
+    config: &ClientConfig,
+    id: &EntityId,
+    cardinality: Cardinality,
+) -> Result<Vec<String>, FetchError> {
+    validate(config)?;
+    let (mut client, token) = transport::connect(config, Arc::new(TcpDialer))
+        .await
+        .map_err(FetchError::Connect)?;
+    let request = FetchEntityRequest {
+        id: Some(id.to_proto()),
+        cardinality: cardinality.to_proto() as i32,
+    };
+    let request = transport::authorized(request, &token).map_err(FetchError::Connect)?;
+    let response = client
+        .tagger_fetch_entity(request)
+        .await
+        .map_err(|status| FetchError::Server(transport::describe(&status)))?;
+    Ok(response.into_inner().tags)
+}
+
+/// Why a one-off request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Config(#[from] ClientError),
+    #[error("{0}")]
+    Connect(String),
+    #[error("server answered {0}")]
+    Server(String),
+}
+
+/// Checks what can be checked before connecting, for errors at start.
+fn validate(config: &ClientConfig) -> Result<(), ClientError> {
+    validate_target(&config.target)?;
+    rustls_pki_types::ServerName::try_from(config.tls.server_name.clone())
+        .map_err(|_| ClientError::ServerName(config.tls.server_name.clone()))?;
+    // Unreadable TLS files fail here; each attempt reads them again.
+    transport::rustls_config(&config.tls)?;
+    Ok(())
 }
 
 fn validate_target(target: &str) -> Result<(), ClientError> {

@@ -16,7 +16,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{self, ClientConfig as RustlsConfig, RootCertStore};
 
-use super::ClientError;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{ClientConfig, ClientError};
+use crate::proto::api::agent_secure_client::AgentSecureClient;
 
 /// A boxed future, as the dialer and connector return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -149,6 +153,68 @@ pub(crate) async fn read_token(path: &Path) -> Result<String, String> {
         return Err(format!("auth token file {} is empty", path.display()));
     }
     Ok(token.to_owned())
+}
+
+/// A client on a fresh connection to the configured target (a new endpoint
+/// per attempt), and the token read afresh for it.
+pub(crate) async fn connect(
+    config: &ClientConfig,
+    dialer: Arc<dyn Dialer>,
+) -> Result<(AgentSecureClient<Channel>, String), String> {
+    let token = read_token(&config.auth_token_file).await?;
+    let tls = match rustls_config(&config.tls).map_err(|e| e.to_string())? {
+        None => None,
+        Some(rustls) => {
+            let name = ServerName::try_from(config.tls.server_name.clone())
+                .map_err(|_| format!("invalid TLS server name {:?}", config.tls.server_name))?;
+            Some((rustls, name))
+        }
+    };
+    let connector = Connector {
+        dialer,
+        target: config.target.clone(),
+        tls,
+    };
+    let endpoint = Endpoint::from_shared(format!("http://{}", config.target))
+        .map_err(|e| format!("invalid target {}: {e}", config.target))?
+        .connect_timeout(config.connect_timeout)
+        .http2_keep_alive_interval(config.http2_keepalive_interval)
+        .keep_alive_timeout(config.http2_keepalive_timeout)
+        .keep_alive_while_idle(true);
+    let channel = endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {}", config.target, error_chain(&e)))?;
+    let client = AgentSecureClient::new(channel)
+        .max_decoding_message_size(config.max_message_size)
+        .max_encoding_message_size(config.max_message_size);
+    Ok((client, token))
+}
+
+/// `message` as a request carrying `authorization: Bearer <token>`.
+pub(crate) fn authorized<T>(message: T, token: &str) -> Result<tonic::Request<T>, String> {
+    let mut request = tonic::Request::new(message);
+    let bearer = MetadataValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| "the auth token holds characters not allowed in a header".to_owned())?;
+    request.metadata_mut().insert("authorization", bearer);
+    Ok(request)
+}
+
+/// A gRPC status as one line: code and message.
+pub(crate) fn describe(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+/// An error with its causes, `a: b: c`, so "connection refused" is not lost.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The tower connector tonic uses for one attempt: dial, then TLS if set.
