@@ -22,3 +22,4 @@ pub mod proto {
 
 pub mod domain;
 pub mod rng;
+pub mod workload;
