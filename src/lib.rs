@@ -26,3 +26,4 @@ pub mod domain;
 pub mod harness;
 pub mod mirror;
 pub mod rng;
+pub mod workload;
