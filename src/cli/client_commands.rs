@@ -1,0 +1,212 @@
+//! `list`, `watch` and `get`: the commands that talk to a tagger server.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use remote_tagger::client::{self, ClientStatus, RemoteTagger};
+use remote_tagger::core::{ConnectionState, Event};
+use remote_tagger::domain::{Cardinality, Entity, EntityId};
+use remote_tagger::mirror::ChangeKind;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{CliResult, GetArgs, ListArgs, WatchArgs};
+
+pub async fn list(args: ListArgs) -> CliResult {
+    let config = args.connect.client_config(Some(&args.subscription))?;
+    let target = config.target.clone();
+    let tagger = RemoteTagger::start(config).map_err(|e| e.to_string())?;
+    let mut changes = tagger.subscribe();
+    wait_synced_with_progress(&tagger, &target, Duration::from_secs(args.wait_secs)).await?;
+    if !tagger.status().borrow().extension_aware {
+        // A plain Datadog server has no end-of-snapshot marker: "synced" may be
+        // mid-snapshot, so wait for the stream to go quiet before printing.
+        let settle = Duration::from_millis(args.settle_ms);
+        while let Ok(received) = tokio::time::timeout(settle, changes.recv()).await {
+            if matches!(received, Err(RecvError::Closed)) {
+                break;
+            }
+        }
+    }
+    let entities = tagger.mirror().list();
+    tagger.stop().await;
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        serde_json::to_writer_pretty(&mut out, &tagger_list_json(&entities))
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        write_table(&mut out, &entities)
+    };
+    written.map_err(|e| format!("cannot write the list: {e}"))
+}
+
+/// The Datadog `tagger-list` JSON: `{"entities": {"prefix://uid": {"tags": {"remote": [...]}}}}`.
+pub fn tagger_list_json(entities: &[Entity]) -> serde_json::Value {
+    let entities: serde_json::Map<String, serde_json::Value> = entities
+        .iter()
+        .map(|entity| {
+            let tags = entity.tags(Cardinality::High);
+            (entity.id.to_string(), json!({ "tags": { "remote": tags } }))
+        })
+        .collect();
+    json!({ "entities": entities })
+}
+
+fn write_table(out: &mut impl Write, entities: &[Entity]) -> std::io::Result<()> {
+    let width = entities
+        .iter()
+        .map(|e| e.id.as_str().len())
+        .max()
+        .unwrap_or(0)
+        .max("ENTITY".len());
+    writeln!(out, "{:<width$}  TAGS", "ENTITY")?;
+    for entity in entities {
+        let tags = entity.tags(Cardinality::High).join(" ");
+        writeln!(out, "{:<width$}  {tags}", entity.id.as_str())?;
+    }
+    writeln!(out, "{} entities", entities.len())
+}
+
+/// Waits for the first sync, showing progress on stderr (a live line on a
+/// terminal, a line per state change otherwise).
+async fn wait_synced_with_progress(
+    tagger: &RemoteTagger,
+    target: &str,
+    wait: Duration,
+) -> CliResult {
+    let interactive = std::io::stderr().is_terminal();
+    let mut status = tagger.status();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut last_line = String::new();
+    let spinner = ['|', '/', '-', '\\'];
+    let mut tick = 0usize;
+    loop {
+        let line = progress_line(target, &status.borrow());
+        if interactive {
+            eprint!("\r\x1b[2K{} {line}", spinner[tick % spinner.len()]);
+            tick += 1;
+        } else if line != last_line {
+            eprintln!("{line}");
+        }
+        last_line = line;
+        if tagger.is_synced() {
+            if interactive {
+                eprint!("\r\x1b[2K");
+            }
+            return Ok(());
+        }
+        tokio::select! {
+            biased;
+            _ = status.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)), if interactive => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                if interactive {
+                    eprintln!();
+                }
+                let status = status.borrow();
+                let why = status.last_error.clone().unwrap_or_else(|| format!("{:?}", status.state));
+                return Err(format!(
+                    "not synced with {target} after {}s (last: {why}); check --target, --auth-token-file and --ca-file",
+                    wait.as_secs()
+                ));
+            }
+        }
+    }
+}
+
+fn progress_line(target: &str, status: &ClientStatus) -> String {
+    match status.state {
+        ConnectionState::Connecting => format!("connecting to {target}..."),
+        ConnectionState::Syncing => format!(
+            "syncing from {target}: {} entities received",
+            status.staged_entities.max(status.mirrored_entities)
+        ),
+        ConnectionState::Synced => format!("synced: {} entities", status.mirrored_entities),
+        ConnectionState::BackingOff => format!(
+            "retrying {target} ({})",
+            status.last_error.as_deref().unwrap_or("not connected")
+        ),
+    }
+}
+
+pub async fn watch(args: WatchArgs) -> CliResult {
+    let config = args.connect.client_config(Some(&args.subscription))?;
+    let tagger = RemoteTagger::start(config).map_err(|e| e.to_string())?;
+    let mirror = tagger.mirror();
+    let mut events = tagger.subscribe();
+    let mut out = std::io::stdout();
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = tokio::signal::ctrl_c() => break,
+            event = events.recv() => event,
+        };
+        let event = match event {
+            Ok(event) => event,
+            Err(RecvError::Lagged(missed)) => {
+                eprintln!("remote-tagger: fell behind, {missed} events not shown");
+                continue;
+            }
+            Err(RecvError::Closed) => break,
+        };
+        match event {
+            Event::Synced { resumed, entities } => {
+                let how = if resumed { "resumed" } else { "snapshot" };
+                eprintln!("synced ({how}): {entities} entities");
+            }
+            Event::ConnectionLost {
+                reason, retry_in, ..
+            } => {
+                eprintln!("connection lost: {reason}; retrying in {retry_in:.1?}");
+            }
+            Event::EntitiesChanged(changes) => {
+                for change in changes {
+                    let tags: Vec<String> = match change.kind {
+                        ChangeKind::Deleted => Vec::new(),
+                        _ => mirror.tags(change.id.as_str(), Cardinality::High).to_vec(),
+                    };
+                    let line = if args.json {
+                        json!({ "kind": change_name(change.kind), "id": change.id.as_str(), "tags": tags })
+                            .to_string()
+                    } else {
+                        let sign = match change.kind {
+                            ChangeKind::Added => '+',
+                            ChangeKind::Modified => '~',
+                            ChangeKind::Deleted => '-',
+                        };
+                        format!("{sign} {} {}", change.id, tags.join(" "))
+                    };
+                    writeln!(out, "{line}").map_err(|e| format!("cannot write: {e}"))?;
+                }
+            }
+        }
+    }
+    tagger.stop().await;
+    Ok(())
+}
+
+fn change_name(kind: ChangeKind) -> &'static str {
+    match kind {
+        ChangeKind::Added => "added",
+        ChangeKind::Modified => "modified",
+        ChangeKind::Deleted => "deleted",
+    }
+}
+
+pub async fn get(args: GetArgs) -> CliResult {
+    let id = EntityId::parse(&args.entity)
+        .map_err(|e| format!("{e} (expected e.g. container_id://abc)"))?;
+    let config = args.connect.client_config(None)?;
+    let tags = client::fetch_entity(&config, &id, args.cardinality)
+        .await
+        .map_err(|e| e.to_string())?;
+    if args.json {
+        println!("{}", json!(tags));
+    } else {
+        for tag in tags {
+            println!("{tag}");
+        }
+    }
+    Ok(())
+}
