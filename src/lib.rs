@@ -21,4 +21,5 @@ pub mod proto {
 }
 
 pub mod domain;
+pub mod mirror;
 pub mod rng;
