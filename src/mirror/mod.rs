@@ -1,124 +1,353 @@
-//! PLACEHOLDER (replaced by the mirror branch): a simple mirror with the final API.
+//! The tag mirror: the local copy of the remote entity -> tags store that the
+//! client core fills and every application thread queries.
+//!
+//! # Design
+//!
+//! Reads are the hot path of every consumer process, writes come in batches
+//! from one stream. So the mirror is a [`left_right`] pair of hash tables:
+//! readers enter the published copy wait-free (one epoch bump of their own),
+//! the single [`MirrorWriter`] logs operations, applies them to the other copy
+//! and swaps, so a batch or a snapshot becomes visible all at once and readers
+//! never wait for the writer. The writer may wait for readers still inside
+//! the old copy, which is why no query returns while holding a guard.
+//!
+//! Both copies hold the same immutable records by reference (see
+//! [`record`]): one allocation per entity with its id and a slice of 8-byte
+//! pointers to interned tag strings, so a tag shared by thousands of entities
+//! is stored once. A query hands back a [`Tags`] view: the record plus a
+//! range, no string copied.
+
+mod counters;
+mod record;
+mod store;
+
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::fmt;
 
-use crate::domain::{Cardinality, Entity, EntityEvent, EntityId};
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
+use left_right::{ReadHandle, WriteHandle};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntityChange {
-    pub kind: ChangeKind,
-    pub id: EntityId,
-}
+use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, entity_hash};
+
+pub use counters::{QueryCounts, QueryStatus};
+pub use record::{Tags, TagsIter};
+
+use counters::{QueryCounter, QueryCounterRegistry};
+use record::{Interner, Record};
+use store::{Op, Store, fixed_hash};
+
+/// How an entity changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
     Added,
     Modified,
     Deleted,
 }
-type Map = Arc<RwLock<BTreeMap<EntityId, Entity>>>;
-pub struct MirrorWriter(Map);
-#[derive(Clone)]
-pub struct MirrorReader(Map);
+
+/// One entity that changed, as reported by [`MirrorWriter::apply`] and
+/// [`MirrorWriter::replace_all`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityChange {
+    pub kind: ChangeKind,
+    pub id: EntityId,
+}
+
+/// How the mirror's content changes for one id, given what it held before.
+/// Only a real difference is a change: re-sending identical tags is not.
+fn change(before: Option<&Record>, after: Option<&Record>) -> Option<ChangeKind> {
+    match (before, after) {
+        (None, None) => None,
+        (None, Some(_)) => Some(ChangeKind::Added),
+        (Some(_), None) => Some(ChangeKind::Deleted),
+        (Some(before), Some(after)) => {
+            (!before.same_tags_as(after)).then_some(ChangeKind::Modified)
+        }
+    }
+}
+
+/// The only handle that changes the mirror, owned by the client core. It
+/// spawns no thread and reads no clock: everything it does happens inside
+/// [`apply`](Self::apply) and [`replace_all`](Self::replace_all).
+pub struct MirrorWriter {
+    handle: WriteHandle<Store, Op>,
+    /// The writer's own view of the published copy, which after every
+    /// publish is the whole current content.
+    published: ReadHandle<Store>,
+    interner: Interner,
+    /// Ids touched earlier in the batch being applied, with their new record
+    /// (`None` once deleted): later events for them must see those changes,
+    /// which are not published yet. Kept to reuse its allocation.
+    batch: HashTable<(EntityId, Option<Record>)>,
+    counters: QueryCounterRegistry,
+}
+
+impl MirrorWriter {
+    pub fn new() -> Self {
+        let (handle, published) = left_right::new::<Store, Op>();
+        Self {
+            handle,
+            published,
+            interner: Interner::default(),
+            batch: HashTable::new(),
+            counters: QueryCounterRegistry::default(),
+        }
+    }
+
+    /// A new reader for one thread. Clone it (or call this again) per thread.
+    pub fn reader(&self) -> MirrorReader {
+        MirrorReader {
+            handle: self.published.clone(),
+            counter: self.counters.register(),
+        }
+    }
+
+    /// Applies a batch and publishes it at once: readers see all of it or
+    /// none. ADDED and MODIFIED replace the whole entity (an upsert, whatever
+    /// the label); DELETED of an unknown id is a no-op.
+    ///
+    /// Returns what changed, in batch order. The kind reflects the mirror,
+    /// not the event label: an upsert of an unknown id is `Added`, of a known
+    /// one `Modified`, and an upsert that changes no tag or a delete of an
+    /// unknown id reports nothing.
+    pub fn apply(&mut self, events: Vec<EntityEvent>) -> Vec<EntityChange> {
+        let Self {
+            handle,
+            published,
+            interner,
+            batch,
+            ..
+        } = self;
+        let published = published
+            .enter()
+            .expect("the writer keeps the mirror alive");
+        let mut changes = Vec::new();
+        for event in events {
+            let (id, entity) = match event {
+                EntityEvent::Added(entity) | EntityEvent::Modified(entity) => {
+                    (entity.id.clone(), Some(entity))
+                }
+                EntityEvent::Deleted(id) => (id, None),
+            };
+            let hash = fixed_hash(id.as_str());
+            let is_id = |(touched, _): &(EntityId, Option<Record>)| *touched == id;
+            let before = match batch.find(hash, is_id) {
+                Some((_, record)) => record.clone(),
+                None => published.get_hashed(hash, id.as_str()).cloned(),
+            };
+            let after = match &entity {
+                Some(entity) if before.as_ref().is_some_and(|r| r.holds(entity)) => continue,
+                Some(entity) => Some(interner.record(entity, before.as_ref())),
+                None => None,
+            };
+            let Some(kind) = change(before.as_ref(), after.as_ref()) else {
+                continue;
+            };
+            changes.push(EntityChange {
+                kind,
+                id: id.clone(),
+            });
+            let rehash = |(touched, _): &(EntityId, Option<Record>)| fixed_hash(touched.as_str());
+            match batch.entry(hash, is_id, rehash) {
+                Entry::Occupied(mut touched) => touched.get_mut().1 = after.clone(),
+                Entry::Vacant(untouched) => {
+                    untouched.insert((id, after.clone()));
+                }
+            }
+            handle.append(Op::Swap {
+                hash,
+                old: before,
+                new: after,
+            });
+        }
+        drop(published);
+        batch.clear();
+        if !changes.is_empty() {
+            handle.publish();
+            interner.sweep_if_grown();
+        }
+        changes
+    }
+
+    /// Replaces the whole content at once with a completed snapshot (the last
+    /// entity wins if an id repeats). Returns the diff against the previous
+    /// content, sorted by id: `Added` for new ids, `Modified` for ids whose
+    /// tags differ, `Deleted` for ids gone.
+    pub fn replace_all(&mut self, entities: Vec<Entity>) -> Vec<EntityChange> {
+        let published = self
+            .published
+            .enter()
+            .expect("the writer keeps the mirror alive");
+        let mut next = Store::with_capacity(entities.len());
+        for entity in &entities {
+            let hash = fixed_hash(entity.id.as_str());
+            let previous = published.get_hashed(hash, entity.id.as_str());
+            let record = match previous {
+                Some(previous) if previous.holds(entity) => previous.clone(),
+                _ => self.interner.record(entity, previous),
+            };
+            next.upsert(hash, record);
+        }
+        let added_or_modified = next.records().filter_map(|record| {
+            let kind = change(published.get(record.id().as_str()), Some(record))?;
+            Some((kind, record))
+        });
+        let deleted = published
+            .records()
+            .filter(|record| next.get(record.id().as_str()).is_none())
+            .map(|record| (ChangeKind::Deleted, record));
+        let mut changes: Vec<EntityChange> = added_or_modified
+            .chain(deleted)
+            .map(|(kind, record)| EntityChange {
+                kind,
+                id: record.id().clone(),
+            })
+            .collect();
+        drop(published);
+        changes.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        self.handle.append(Op::ReplaceAll(next));
+        // The first publish shows the snapshot; the second waits for queries
+        // still in the old copy (microseconds) and replays the snapshot into
+        // it, releasing the previous content now instead of at the next batch:
+        // otherwise two full snapshots would stay alive in between.
+        self.handle.publish();
+        self.handle.publish();
+        // A snapshot typically drops many strings, and this call is already
+        // O(entities): sweep now rather than wait for the interner to double.
+        self.interner.sweep();
+        changes
+    }
+
+    pub fn len(&self) -> usize {
+        self.published.enter().map_or(0, |store| store.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many distinct tag strings the interner holds, including garbage
+    /// not yet swept.
+    pub fn interned_strings(&self) -> usize {
+        self.interner.len()
+    }
+}
+
 impl Default for MirrorWriter {
     fn default() -> Self {
         Self::new()
     }
 }
-impl MirrorWriter {
-    pub fn new() -> Self {
-        Self(Default::default())
-    }
-    pub fn reader(&self) -> MirrorReader {
-        MirrorReader(self.0.clone())
-    }
-    pub fn apply(&mut self, events: Vec<EntityEvent>) -> Vec<EntityChange> {
-        let mut map = self.0.write().unwrap();
-        let mut out = vec![];
-        for e in events {
-            match e {
-                EntityEvent::Added(en) | EntityEvent::Modified(en) => {
-                    let id = en.id.clone();
-                    let kind = match map.insert(id.clone(), en) {
-                        None => ChangeKind::Added,
-                        Some(_) => ChangeKind::Modified,
-                    };
-                    out.push(EntityChange { kind, id });
-                }
-                EntityEvent::Deleted(id) => {
-                    if map.remove(&id).is_some() {
-                        out.push(EntityChange {
-                            kind: ChangeKind::Deleted,
-                            id,
-                        });
-                    }
-                }
-            }
-        }
-        out
-    }
-    pub fn replace_all(&mut self, entities: Vec<Entity>) -> Vec<EntityChange> {
-        let mut map = self.0.write().unwrap();
-        let new: BTreeMap<EntityId, Entity> =
-            entities.into_iter().map(|e| (e.id.clone(), e)).collect();
-        let mut out = vec![];
-        for (id, e) in &new {
-            match map.get(id) {
-                None => out.push(EntityChange {
-                    kind: ChangeKind::Added,
-                    id: id.clone(),
-                }),
-                Some(old) if old != e => out.push(EntityChange {
-                    kind: ChangeKind::Modified,
-                    id: id.clone(),
-                }),
-                _ => {}
-            }
-        }
-        for id in map.keys() {
-            if !new.contains_key(id) {
-                out.push(EntityChange {
-                    kind: ChangeKind::Deleted,
-                    id: id.clone(),
-                });
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        *map = new;
-        out
-    }
-    pub fn len(&self) -> usize {
-        self.0.read().unwrap().len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+
+impl fmt::Debug for MirrorWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MirrorWriter")
+            .field("len", &self.len())
+            .field("interned_strings", &self.interned_strings())
+            .finish()
     }
 }
+
+/// A query handle for one thread (`Send`, not `Sync`; clone it for another
+/// thread). Queries never wait for the writer and never hold the published
+/// copy after they return. Once the writer is dropped, the mirror reads as
+/// empty.
+pub struct MirrorReader {
+    handle: ReadHandle<Store>,
+    counter: QueryCounter,
+}
+
 impl MirrorReader {
-    pub fn tags(&self, id: &str, c: Cardinality) -> Vec<String> {
-        self.0
-            .read()
-            .unwrap()
-            .get(id)
-            .map(|e| e.tags(c))
-            .unwrap_or_default()
+    /// Runs `read` on the published copy, for as short a time as `read` takes.
+    fn read<R>(&self, read: impl FnOnce(&Store) -> R, gone: R) -> R {
+        match self.handle.enter() {
+            Some(store) => read(&store),
+            None => gone,
+        }
     }
-    pub fn list(&self) -> Vec<Entity> {
-        self.0.read().unwrap().values().cloned().collect()
+
+    fn record(&self, id: &str) -> Option<Record> {
+        self.read(|store| store.get(id).cloned(), None)
     }
+
+    fn tags_uncounted(&self, id: &str, cardinality: Cardinality) -> Tags {
+        self.record(id)
+            .map_or_else(Tags::default, |record| record.tags_for(cardinality))
+    }
+
+    /// Low, then orchestrator (if `cardinality` >= Orchestrator), then high
+    /// (if High) tags of `id` (text form `prefix://uid`), neither deduplicated
+    /// nor sorted; empty for an unknown id. Counts one query.
+    pub fn tags(&self, id: &str, cardinality: Cardinality) -> Tags {
+        let tags = self.tags_uncounted(id, cardinality);
+        self.counter.count(cardinality, tags.is_empty());
+        tags
+    }
+
+    /// The standard tags of `id`; empty for an unknown id.
+    pub fn standard(&self, id: &str) -> Tags {
+        self.record(id)
+            .map_or_else(Tags::default, |record| record.standard())
+    }
+
     pub fn entity(&self, id: &str) -> Option<Entity> {
-        self.0.read().unwrap().get(id).cloned()
+        self.record(id).as_ref().map(Record::to_entity)
     }
+
+    /// Every entity, sorted by id.
+    pub fn list(&self) -> Vec<Entity> {
+        let mut records: Vec<Record> =
+            self.read(|store| store.records().cloned().collect(), Vec::new());
+        records.sort_unstable_by(|a, b| a.id().cmp(b.id()));
+        records.iter().map(Record::to_entity).collect()
+    }
+
+    /// The Agent's entity hash of `tags(id, cardinality)`. Not counted as a
+    /// query: it is a digest, not a lookup an application made.
+    pub fn hash(&self, id: &str, cardinality: Cardinality) -> String {
+        let tags = self.tags_uncounted(id, cardinality);
+        entity_hash(&tags.iter().collect::<Vec<_>>())
+    }
+
     pub fn len(&self) -> usize {
-        self.0.read().unwrap().len()
+        self.read(Store::len, 0)
     }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Entities per id prefix (`tagger_stored_entities`), prefixes with none
+    /// left out.
     pub fn stored_by_prefix(&self) -> BTreeMap<String, u64> {
-        let mut m = BTreeMap::new();
-        for id in self.0.read().unwrap().keys() {
-            *m.entry(id.prefix().to_owned()).or_insert(0) += 1;
+        let counts: Vec<(&str, u64)> =
+            self.read(|store| store.counts_by_prefix().collect(), Vec::new());
+        counts
+            .into_iter()
+            .map(|(prefix, count)| (prefix.to_owned(), count))
+            .collect()
+    }
+
+    /// Queries per cardinality and status (`tagger_queries`), summed over
+    /// every reader of this mirror, dropped ones included.
+    pub fn query_counts(&self) -> QueryCounts {
+        self.counter.registry().totals()
+    }
+}
+
+impl Clone for MirrorReader {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+            counter: self.counter.registry().register(),
         }
-        m
+    }
+}
+
+impl fmt::Debug for MirrorReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MirrorReader")
+            .field("len", &self.len())
+            .finish()
     }
 }

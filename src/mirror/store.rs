@@ -1,0 +1,146 @@
+//! One copy of the mirror's content, and the operations the writer logs so
+//! `left-right` can replay them onto the other copy.
+
+use std::hash::BuildHasher;
+
+use foldhash::fast::FixedState;
+use hashbrown::HashTable;
+
+use crate::domain::{EntityId, KNOWN_PREFIXES};
+
+use super::record::Record;
+
+/// Every table in the mirror hashes with this fixed seed: both left-right
+/// copies and the interner must agree, and nothing may depend on a
+/// per-process random state. (The ids and tags come from the tagger server,
+/// which the client trusts, so hash flooding is not a concern here.)
+const FIXED_HASHER: FixedState = FixedState::with_seed(0x7a67_6765_725f_6d69);
+
+pub(super) fn fixed_hash(text: &str) -> u64 {
+    FIXED_HASHER.hash_one(text)
+}
+
+fn record_hash(record: &Record) -> u64 {
+    fixed_hash(record.id().as_str())
+}
+
+/// The records, keyed by id, plus the per-prefix entity counts telemetry
+/// wants, kept up to date so reading them never scans the table.
+#[derive(Clone, Default)]
+pub(super) struct Store {
+    records: HashTable<Record>,
+    /// Entity count per entry of [`KNOWN_PREFIXES`] (an [`EntityId`] only
+    /// ever has one of those).
+    by_prefix: PrefixCounts,
+}
+
+type PrefixCounts = [u64; KNOWN_PREFIXES.len()];
+
+impl Store {
+    pub(super) fn with_capacity(capacity: usize) -> Self {
+        Self {
+            records: HashTable::with_capacity(capacity),
+            ..Self::default()
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub(super) fn get(&self, id: &str) -> Option<&Record> {
+        self.get_hashed(fixed_hash(id), id)
+    }
+
+    pub(super) fn get_hashed(&self, hash: u64, id: &str) -> Option<&Record> {
+        self.records.find(hash, |record| record.id().as_str() == id)
+    }
+
+    pub(super) fn records(&self) -> impl Iterator<Item = &Record> {
+        self.records.iter()
+    }
+
+    /// `(prefix, count)` for every prefix with at least one entity.
+    pub(super) fn counts_by_prefix(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        KNOWN_PREFIXES
+            .iter()
+            .zip(self.by_prefix)
+            .filter(|&(_, count)| count > 0)
+            .map(|(&prefix, count)| (prefix, count))
+    }
+
+    /// Inserts `record`, replacing the record of the same id if any (a
+    /// snapshot may repeat an id: the last one wins).
+    pub(super) fn upsert(&mut self, hash: u64, record: Record) {
+        let id = record.id().as_str();
+        match self
+            .records
+            .entry(hash, |old| old.id().as_str() == id, record_hash)
+        {
+            hashbrown::hash_table::Entry::Occupied(mut slot) => *slot.get_mut() = record,
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                count_entity(&mut self.by_prefix, record.id(), 1);
+                slot.insert(record);
+            }
+        }
+    }
+
+    /// Replaces `old` (found by identity, no string comparison) with `new`.
+    fn swap(&mut self, hash: u64, old: Option<&Record>, new: Option<Record>) {
+        let slot = old.and_then(|old| self.records.find_entry(hash, |r| r.is_same(old)).ok());
+        match (slot, new) {
+            (Some(mut slot), Some(new)) => *slot.get_mut() = new,
+            (Some(slot), None) => {
+                let (removed, _) = slot.remove();
+                count_entity(&mut self.by_prefix, removed.id(), -1);
+            }
+            (None, Some(new)) => {
+                count_entity(&mut self.by_prefix, new.id(), 1);
+                self.records.insert_unique(hash, new, record_hash);
+            }
+            (None, None) => {}
+        }
+    }
+}
+
+fn count_entity(by_prefix: &mut PrefixCounts, id: &EntityId, delta: i64) {
+    if let Some(slot) = KNOWN_PREFIXES.iter().position(|&p| p == id.prefix()) {
+        by_prefix[slot] = by_prefix[slot].saturating_add_signed(delta);
+    }
+}
+
+/// What the writer logs. Each operation is applied to both copies in the same
+/// order, so they stay identical.
+pub(super) enum Op {
+    /// Puts `new` where `old` was. The writer read `old` from the published
+    /// copy (or from earlier in the same batch), which is exactly what the
+    /// copy absorbing this operation holds at that point.
+    Swap {
+        hash: u64,
+        old: Option<Record>,
+        new: Option<Record>,
+    },
+    /// A completed snapshot, built once by the writer and cloned (records by
+    /// reference) into the first copy.
+    ReplaceAll(Store),
+}
+
+impl left_right::Absorb<Op> for Store {
+    fn absorb_first(&mut self, op: &mut Op, _: &Self) {
+        match op {
+            Op::Swap { hash, old, new } => self.swap(*hash, old.as_ref(), new.clone()),
+            Op::ReplaceAll(store) => *self = store.clone(),
+        }
+    }
+
+    fn absorb_second(&mut self, op: Op, _: &Self) {
+        match op {
+            Op::Swap { hash, old, new } => self.swap(hash, old.as_ref(), new),
+            Op::ReplaceAll(store) => *self = store,
+        }
+    }
+
+    fn sync_with(&mut self, first: &Self) {
+        *self = first.clone();
+    }
+}
