@@ -69,6 +69,7 @@ impl DomainError {
 /// How much of an entity's tags a query or a subscription wants. Ordered:
 /// `Low < Orchestrator < High`, each including the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum Cardinality {
     Low,
     Orchestrator,

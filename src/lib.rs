@@ -23,6 +23,8 @@ pub mod proto {
 pub mod client;
 pub mod core;
 pub mod domain;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod harness;
 pub mod mirror;
 pub mod rng;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use proptest::prelude::*;
 use remote_tagger::domain::Cardinality;
-use remote_tagger::harness::{self, HarnessConfig, Op};
+use remote_tagger::harness::{self, CONVERGE_STEPS, HarnessConfig, Op};
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
@@ -48,10 +48,6 @@ fn config() -> impl Strategy<Value = HarnessConfig> {
             },
         )
 }
-
-/// Network steps enough to converge from any state: a backoff wait, an open,
-/// and a few deliveries per round, for a few rounds.
-const CONVERGE_STEPS: usize = 64;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]

@@ -20,6 +20,10 @@ use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, KNOWN_PREFIXES};
 use crate::mirror::{EntityChange, MirrorReader, MirrorWriter};
 use crate::proto::model::{StreamTagsEvent, StreamTagsRequest, StreamTagsResponse};
 
+/// The [`ClientTelemetry::rejected_events`] reason of a well-formed event
+/// whose prefix the client did not subscribe to.
+pub const UNREQUESTED_PREFIX: &str = "unrequested_prefix";
+
 /// Default receive watchdog: no message for this long drops the stream.
 pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
@@ -444,8 +448,15 @@ impl ClientCore {
                     events.push(self.reduce(event));
                     continue;
                 }
-                Ok(_) => "unrequested_prefix",
-                Err(error) => error.reason(),
+                Ok(event) => {
+                    let id = event.id();
+                    tracing::debug!(%id, "skipping an event outside the subscription");
+                    UNREQUESTED_PREFIX
+                }
+                Err(error) => {
+                    tracing::warn!(reason = error.reason(), %error, "skipping a malformed event");
+                    error.reason()
+                }
             };
             self.telemetry.count_rejected(reason);
         }

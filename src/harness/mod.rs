@@ -23,8 +23,13 @@ pub const HARNESS_PREFIXES: [&str; 3] = ["container_id", "kubernetes_pod_uid", "
 /// Distinct entity ids per prefix: few, so changes collide with each other.
 pub const IDS_PER_PREFIX: u8 = 4;
 
+/// Network steps enough to [`Harness::converge`] from any state: a backoff
+/// wait, an open, and a few deliveries per round, for a few rounds.
+pub const CONVERGE_STEPS: usize = 64;
+
 /// One step of a scenario: something the network, the server or time does.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum Op {
     /// Time passes by this many milliseconds; due timers fire.
     Advance { millis: u32 },
@@ -57,8 +62,11 @@ pub enum Op {
     Stale { kind: u8, back: u8 },
 }
 
-/// Options of one harness run.
+/// Options of one harness run. Every value is valid (prefix indices wrap, no
+/// prefix means every known one, a chunk size of zero counts as one), so a
+/// fuzzer may fill it with anything.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct HarnessConfig {
     pub seed: u64,
     pub cardinality: Cardinality,
