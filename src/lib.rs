@@ -22,4 +22,5 @@ pub mod proto {
 
 pub mod domain;
 pub mod rng;
+pub mod server;
 pub mod workload;
