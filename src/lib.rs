@@ -26,4 +26,5 @@ pub mod domain;
 pub mod harness;
 pub mod mirror;
 pub mod rng;
+pub mod server;
 pub mod workload;
