@@ -23,3 +23,4 @@ pub mod proto {
 pub mod domain;
 pub mod mirror;
 pub mod rng;
+pub mod workload;
