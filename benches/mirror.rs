@@ -43,7 +43,11 @@ fn shuffled_ids(workload: &Workload) -> Vec<String> {
 /// Two lookups per id order: the bare lookup, and the lookup plus reading
 /// every tag's bytes (what a caller does next, and where unique strings miss
 /// the cache).
-fn bench_lookups(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, reader: &MirrorReader, ids: &[String]) {
+fn bench_lookups(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    reader: &MirrorReader,
+    ids: &[String],
+) {
     let mut next = ids.iter().cycle();
     group.bench_function("tags_high", |b| {
         b.iter(|| reader.tags(next.next().unwrap(), Cardinality::High))

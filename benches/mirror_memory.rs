@@ -43,7 +43,10 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: same contract as the caller's.
         let moved = unsafe { System.realloc(block, layout, new_size) };
         if !moved.is_null() {
-            LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+            LIVE_BYTES.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
         }
         moved
     }
@@ -54,7 +57,10 @@ static ALLOCATOR: Counting = Counting;
 
 /// Live bytes and blocks `build` leaves behind, as long as its value lives.
 fn measure<T>(build: impl FnOnce() -> T) -> (T, isize, isize) {
-    let (bytes, blocks) = (LIVE_BYTES.load(Ordering::Relaxed), LIVE_BLOCKS.load(Ordering::Relaxed));
+    let (bytes, blocks) = (
+        LIVE_BYTES.load(Ordering::Relaxed),
+        LIVE_BLOCKS.load(Ordering::Relaxed),
+    );
     let value = build();
     (
         value,
@@ -94,10 +100,18 @@ fn main() {
         .iter()
         .map(|e| e.low.len() + e.orchestrator.len() + e.high.len() + e.standard.len())
         .sum();
-    println!("{entities} entities, {:.1} tags/entity", tags as f64 / entities as f64);
+    println!(
+        "{entities} entities, {:.1} tags/entity",
+        tags as f64 / entities as f64
+    );
 
     let (plain, plain_bytes, plain_blocks) = measure(|| plain(&snapshot));
-    report("plain HashMap<String, [Vec<String>; 4]>", entities, plain_bytes, plain_blocks);
+    report(
+        "plain HashMap<String, [Vec<String>; 4]>",
+        entities,
+        plain_bytes,
+        plain_blocks,
+    );
     drop(plain);
 
     // Ids are `Arc`s the mirror keeps from its input: give it fresh ones, so
@@ -114,7 +128,12 @@ fn main() {
         writer.replace_all(fresh_ids);
         writer
     });
-    report("mirror after replace_all", entities, mirror_bytes, mirror_blocks);
+    report(
+        "mirror after replace_all",
+        entities,
+        mirror_bytes,
+        mirror_blocks,
+    );
     println!(
         "mirror / plain: {:.1} %  ({} interned strings)",
         100.0 * mirror_bytes as f64 / plain_bytes as f64,

@@ -189,18 +189,18 @@ impl MirrorWriter {
             next.upsert(hash, record);
         }
         let added_or_modified = next.records().filter_map(|record| {
-            let kind = change(published.get(record.id().as_str()), Some(record))?;
+            let kind = change(published.get(record.id()), Some(record))?;
             Some((kind, record))
         });
         let deleted = published
             .records()
-            .filter(|record| next.get(record.id().as_str()).is_none())
+            .filter(|record| next.get(record.id()).is_none())
             .map(|record| (ChangeKind::Deleted, record));
         let mut changes: Vec<EntityChange> = added_or_modified
             .chain(deleted)
             .map(|(kind, record)| EntityChange {
                 kind,
-                id: record.id().clone(),
+                id: record.entity_id(),
             })
             .collect();
         drop(published);
@@ -229,7 +229,7 @@ impl MirrorWriter {
     /// How many distinct tag strings the interner holds, including garbage
     /// not yet swept.
     pub fn interned_strings(&self) -> usize {
-        self.interner.len()
+        self.interner.strings()
     }
 }
 
