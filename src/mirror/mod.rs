@@ -11,11 +11,13 @@
 //! never wait for the writer. The writer may wait for readers still inside
 //! the old copy, which is why no query returns while holding a guard.
 //!
-//! Both copies hold the same immutable records by reference (see
-//! [`record`]): one allocation per entity with its id and a slice of 8-byte
-//! pointers to interned tag strings, so a tag shared by thousands of entities
-//! is stored once. A query hands back a [`Tags`] view: the record plus a
-//! range, no string copied.
+//! Both copies hold the same immutable records by reference: one allocation
+//! per entity with its id and high cardinality tags inline (unique by nature)
+//! and thin pointers to its interned low, orchestrator and standard lists
+//! (shared by every container of an app or pod), whose strings are interned
+//! too. A query hands back a [`Tags`] view: the record plus which of its tags,
+//! no string copied. The interner belongs to the writer and is swept of
+//! values nobody references, amortised over the values it interns.
 
 mod counters;
 mod record;

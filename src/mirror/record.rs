@@ -16,7 +16,7 @@ use triomphe::ThinArc;
 
 use crate::domain::{Cardinality, Entity, EntityId};
 
-use super::store::{fixed_hash, hash_addresses};
+use super::store::{fixed_hash, hash_texts};
 
 /// One interned tag string: a thin (8-byte) pointer to a refcounted
 /// `[count | len | bytes]` allocation. While a record references it, it is the
@@ -40,10 +40,6 @@ impl Tag {
         unsafe { std::str::from_utf8_unchecked(&self.0.slice) }
     }
 
-    fn address(&self) -> usize {
-        self.0.ptr().addr()
-    }
-
     /// Whether anyone besides the interner still holds this string.
     fn is_shared(&self) -> bool {
         ThinArc::strong_count(&self.0) > 1
@@ -64,6 +60,14 @@ impl TagList {
         self.0.ptr() == other.0.ptr()
     }
 
+    fn texts(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.tags().iter().map(Tag::as_str)
+    }
+
+    fn content_hash(&self) -> u64 {
+        hash_texts(self.texts())
+    }
+
     fn holds(&self, texts: &[String]) -> bool {
         self.tags().len() == texts.len()
             && self
@@ -76,10 +80,6 @@ impl TagList {
     fn is_shared(&self) -> bool {
         ThinArc::strong_count(&self.0) > 1
     }
-}
-
-fn tag_addresses(tags: &[Tag]) -> impl Iterator<Item = usize> + '_ {
-    tags.iter().map(Tag::address)
 }
 
 /// Positions of the interned lists in a record.
@@ -255,7 +255,6 @@ pub(super) struct Interner {
     /// `MIN_SWEEP_LEN`).
     len_after_sweep: usize,
     /// Reused between records so building one allocates only what it keeps.
-    scratch_tags: Vec<Tag>,
     scratch_bytes: Vec<u8>,
 }
 
@@ -283,25 +282,22 @@ impl Interner {
 
     /// The interned list of `texts`, reusing `previous` (the same list of the
     /// record being replaced) without hashing when it is unchanged: an update
-    /// usually changes one list and keeps the others.
+    /// usually changes one list and keeps the others. Lists repeat far more
+    /// than they change (every container of an app has the same low list),
+    /// so a known list is found from the texts alone; only a new list
+    /// interns its strings.
     fn intern_list(&mut self, texts: &[String], previous: Option<&TagList>) -> TagList {
         if let Some(previous) = previous.filter(|list| list.holds(texts)) {
             return previous.clone();
         }
-        let mut tags = std::mem::take(&mut self.scratch_tags);
-        tags.extend(texts.iter().map(|text| self.intern(text)));
-        // Tags are interned, so a list is identified by its tags' addresses.
-        let hash = hash_addresses(tag_addresses(&tags));
-        let same_tags = |list: &TagList| tag_addresses(list.tags()).eq(tag_addresses(&tags));
-        let rehash = |list: &TagList| hash_addresses(tag_addresses(list.tags()));
-        let list = self
-            .lists
-            .entry(hash, same_tags, rehash)
-            .or_insert_with(|| TagList(ThinArc::from_header_and_iter((), tags.drain(..))))
-            .get()
-            .clone();
-        tags.clear();
-        self.scratch_tags = tags;
+        let hash = hash_texts(texts.iter().map(String::as_str));
+        if let Some(list) = self.lists.find(hash, |list| list.holds(texts)) {
+            return list.clone();
+        }
+        let tags: Vec<Tag> = texts.iter().map(|text| self.intern(text)).collect();
+        let list = TagList(ThinArc::from_header_and_iter((), tags.into_iter()));
+        self.lists
+            .insert_unique(hash, list.clone(), TagList::content_hash);
         list
     }
 
@@ -337,9 +333,7 @@ impl Interner {
         // Lists first: dropping a list releases its strings.
         self.lists.retain(|list| list.is_shared());
         self.strings.retain(|tag| tag.is_shared());
-        shrink_if_sparse(&mut self.lists, |list| {
-            hash_addresses(tag_addresses(list.tags()))
-        });
+        shrink_if_sparse(&mut self.lists, TagList::content_hash);
         shrink_if_sparse(&mut self.strings, |tag| fixed_hash(tag.as_str()));
         self.len_after_sweep = self.strings.len() + self.lists.len();
     }
@@ -565,7 +559,7 @@ mod tests {
         let low = |record: &Record| record.header().shared[LOW].clone();
         assert!(low(&a).is_same(&low(&b)));
         assert!(!low(&a).is_same(&low(&c)));
-        assert_eq!(low(&a).tags()[1].address(), low(&c).tags()[0].address());
+        assert_eq!(low(&a).tags()[1].0.ptr(), low(&c).tags()[0].0.ptr());
         // High tags are stored inline, never interned.
         assert_eq!(interner.strings(), 2);
         assert!(!a.same_tags_as(&b));

@@ -1,7 +1,7 @@
 //! One copy of the mirror's content, and the operations the writer logs so
 //! `left-right` can replay them onto the other copy.
 
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
@@ -20,12 +20,13 @@ pub(super) fn fixed_hash(text: &str) -> u64 {
     FIXED_HASHER.hash_one(text)
 }
 
-/// Hashes a sequence of addresses. They differ from run to run, but they only
-/// place entries in the interner's table, whose order never reaches an output.
-pub(super) fn hash_addresses(addresses: impl Iterator<Item = usize>) -> u64 {
+/// Hashes a list of strings by content, so a list can be found from the
+/// strings of an event without interning them first.
+pub(super) fn hash_texts<'a>(texts: impl ExactSizeIterator<Item = &'a str>) -> u64 {
     let mut hasher = FIXED_HASHER.build_hasher();
-    for address in addresses {
-        hasher.write_usize(address);
+    hasher.write_usize(texts.len());
+    for text in texts {
+        text.hash(&mut hasher);
     }
     hasher.finish()
 }
