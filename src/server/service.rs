@@ -383,9 +383,11 @@ impl TaggerService {
                 Some(Status::unavailable("tagger server is shutting down"))
             }
         };
-        // Best effort: a client that does not read will not get it either.
+        // Bounded like any send: a client that stopped reading never gets
+        // it, and the task must not outlive that by more than a send timeout.
         if let Some(status) = status {
-            let _ = responses.try_send(Err(status));
+            let _ =
+                tokio::time::timeout(inner.config.send_timeout, responses.send(Err(status))).await;
         }
     }
 
