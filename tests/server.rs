@@ -713,6 +713,32 @@ async fn a_stalled_subscriber_is_evicted_while_another_keeps_streaming() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn the_builtin_workload_serves_a_snapshot_then_churn() {
+    let server = TestServer::start(|config| {
+        config.source = Source::Workload {
+            entities: 200,
+            seed: 42,
+            churn_per_sec: 200.0,
+        };
+    })
+    .await;
+    let mut stream = server
+        .stream(stream_request(pb::TagCardinality::High, &[]))
+        .await;
+    let snapshot: usize = read_snapshot(&mut stream)
+        .await
+        .iter()
+        .map(|r| r.events.len())
+        .sum();
+    // Churn may already have run: the store hovers around its size.
+    assert!((150..=250).contains(&snapshot), "{snapshot} entities");
+    let churn = next(&mut stream).await;
+    assert!(!churn.events.is_empty());
+    assert!(!churn.snapshot_complete);
+    server.stop().await;
+}
+
 fn write_entities(path: &Path, json: &str) {
     // Write then rename, as editors and config tools do: the watcher never
     // sees a half-written file.
