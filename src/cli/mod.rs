@@ -98,17 +98,18 @@ pub struct ServeArgs {
 /// The embedded synthetic workload (a Kubernetes node, scaled).
 #[derive(Debug, Args)]
 pub struct WorkloadArgs {
-    /// Entities in the generated workload.
-    #[arg(long, env = "REMOTE_TAGGER_WORKLOAD_ENTITIES", default_value_t = server::DEFAULT_WORKLOAD_ENTITIES)]
-    pub workload_entities: usize,
+    /// Entities in the generated workload [default: 1000 for serve, 100000 for demo].
+    #[arg(long, env = "REMOTE_TAGGER_WORKLOAD_ENTITIES")]
+    pub workload_entities: Option<usize>,
 
     /// Seed of the generated workload and its churn.
     #[arg(long, env = "REMOTE_TAGGER_WORKLOAD_SEED", default_value_t = server::DEFAULT_WORKLOAD_SEED)]
     pub workload_seed: u64,
 
-    /// Changes per second applied to the generated workload (0: static).
-    #[arg(long, env = "REMOTE_TAGGER_CHURN_PER_SEC", default_value_t = server::DEFAULT_CHURN_PER_SEC)]
-    pub churn_per_sec: f64,
+    /// Changes per second applied to the generated workload, 0 for a static
+    /// store [default: 10 for serve, 1000 for demo].
+    #[arg(long, env = "REMOTE_TAGGER_CHURN_PER_SEC")]
+    pub churn_per_sec: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -300,7 +301,8 @@ impl ConnectArgs {
 pub fn init_logging(cli: &Cli) {
     let default_level = match cli.command {
         Command::List(_) | Command::Watch(_) | Command::Get(_) => "error",
-        Command::Serve(_) | Command::Demo(_) => "info",
+        Command::Demo(_) => "warn",
+        Command::Serve(_) => "info",
     };
     let level = cli.log_level.as_deref().unwrap_or(default_level);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

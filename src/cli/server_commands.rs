@@ -18,7 +18,10 @@ pub async fn serve(args: ServeArgs) -> CliResult {
     config.listen = args.listen;
     config.source = match args.entities {
         Some(path) => Source::EntitiesFile(path),
-        None => args.workload.source(),
+        None => args.workload.source(
+            server::DEFAULT_WORKLOAD_ENTITIES,
+            server::DEFAULT_CHURN_PER_SEC,
+        ),
     };
     if args.insecure_plaintext {
         eprintln!(
@@ -76,12 +79,17 @@ async fn shutdown_signal() {
     }
 }
 
+/// The demo shows a realistic scale: a 100k-entity store churning 1k/s.
+const DEMO_ENTITIES: usize = 100_000;
+const DEMO_CHURN_PER_SEC: f64 = 1_000.0;
+
 impl WorkloadArgs {
-    fn source(&self) -> Source {
+    /// The workload these flags describe, with the command's own defaults.
+    fn source(&self, default_entities: usize, default_churn_per_sec: f64) -> Source {
         Source::Workload {
-            entities: self.workload_entities,
+            entities: self.workload_entities.unwrap_or(default_entities),
             seed: self.workload_seed,
-            churn_per_sec: self.churn_per_sec,
+            churn_per_sec: self.churn_per_sec.unwrap_or(default_churn_per_sec),
         }
     }
 }
@@ -110,11 +118,17 @@ pub async fn demo(args: DemoArgs) -> CliResult {
     let cert_file = scratch.0.join("ipc_cert.pem");
     let mut config = ServeConfig::new(&token_file, &cert_file);
     config.listen = "127.0.0.1:0".parse().expect("a valid address");
-    config.source = args.workload.source();
-    println!(
-        "demo: generating a {}-entity node workload (seed {}), churning {} events/s",
-        args.workload.workload_entities, args.workload.workload_seed, args.workload.churn_per_sec
-    );
+    config.source = args.workload.source(DEMO_ENTITIES, DEMO_CHURN_PER_SEC);
+    if let Source::Workload {
+        entities,
+        seed,
+        churn_per_sec,
+    } = &config.source
+    {
+        println!(
+            "demo: generating a {entities}-entity node workload (seed {seed}), churning {churn_per_sec} events/s"
+        );
+    }
     let server = Server::bind(config).await.map_err(|e| e.to_string())?;
     let address = server.local_addr();
     let store = server.store().clone();
@@ -142,6 +156,8 @@ pub async fn demo(args: DemoArgs) -> CliResult {
                 tagger.status().borrow().last_error
             )
         })?;
+    // The snapshot's own changes were counted by the sync: show only live ones.
+    while events.try_recv().is_ok() {}
     let mirror = tagger.mirror();
     println!(
         "demo: client synced {} entities in {:.1?} (snapshot over loopback TLS)",
