@@ -2,87 +2,34 @@
 //! tonic client over TLS (the generated certificate as CA), as a Datadog
 //! remote tagger would talk to it.
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+mod common;
+
+use common::{MIB, TestServer, config_in, entity, within};
 use prost::Message as _;
-use remote_tagger::domain::{Entity, EntityEvent, EntityId};
+use remote_tagger::domain::{EntityEvent, EntityId};
 use remote_tagger::proto::api::agent_secure_client::AgentSecureClient;
 use remote_tagger::proto::model as pb;
 use remote_tagger::server::{
-    Authenticator, Epoch, Security, ServeConfig, ServeError, Server, ServerStats, ServiceConfig,
-    Source, Store, StoreHandle, TaggerService, serve_incoming,
+    Authenticator, Epoch, Security, Server, ServiceConfig, Source, Store, StoreHandle,
+    TaggerService, serve_incoming,
 };
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Streaming};
 
-/// Only to keep a broken test from hanging: nothing here should take long.
-const PATIENCE: Duration = Duration::from_secs(30);
-
-const MIB: usize = 1024 * 1024;
-
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+/// The raw generated tonic client against a test server, as a Datadog
+/// remote tagger would connect.
+trait RawClient {
+    async fn channel(&self) -> Channel;
+    async fn client(&self) -> AgentSecureClient<Channel>;
+    fn authed<T>(&self, message: T) -> Request<T>;
+    async fn stream(&self, request: pb::StreamTagsRequest) -> Streaming<pb::StreamTagsResponse>;
 }
 
-/// A running server with its files in a temporary directory.
-struct TestServer {
-    dir: tempfile::TempDir,
-    addr: std::net::SocketAddr,
-    store: StoreHandle,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), ServeError>>,
-}
-
-fn config_in(dir: &Path) -> ServeConfig {
-    let mut config = ServeConfig::new(dir.join("auth_token"), dir.join("ipc_cert.pem"));
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    // An empty, static store: tests put in it exactly what they need.
-    config.source = Source::Workload {
-        entities: 0,
-        seed: 1,
-        churn_per_sec: 0.0,
-    };
-    config
-}
-
-impl TestServer {
-    async fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Self {
-        Self::start_in(tempfile::tempdir().unwrap(), tweak).await
-    }
-
-    async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
-        let mut config = config_in(dir.path());
-        tweak(&mut config);
-        let server = Server::bind(config).await.unwrap();
-        let addr = server.local_addr();
-        let store = server.store().clone();
-        let (shutdown, signal) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async {
-            let _ = signal.await;
-        }));
-        Self {
-            dir,
-            addr,
-            store,
-            shutdown: Some(shutdown),
-            task,
-        }
-    }
-
-    fn token(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("auth_token")).unwrap()
-    }
-
-    fn cert_path(&self) -> PathBuf {
-        self.dir.path().join("ipc_cert.pem")
-    }
-
+impl RawClient for TestServer {
     async fn channel(&self) -> Channel {
         let ca = std::fs::read(self.cert_path()).unwrap();
         let tls = ClientTlsConfig::new()
@@ -114,26 +61,6 @@ impl TestServer {
             .unwrap()
             .into_inner()
     }
-
-    async fn wait_for_stats(&self, what: &str, done: impl Fn(&ServerStats) -> bool) {
-        within(what, async {
-            while !done(&self.store.stats()) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-    }
-
-    async fn stop(mut self) -> tempfile::TempDir {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        within("server shutdown", &mut self.task)
-            .await
-            .unwrap()
-            .unwrap();
-        self.dir
-    }
 }
 
 fn with_token<T>(message: T, token: &str) -> Request<T> {
@@ -150,17 +77,6 @@ fn stream_request(cardinality: pb::TagCardinality, prefixes: &[&str]) -> pb::Str
         prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
         streaming_id: "test:1".into(),
         ..Default::default()
-    }
-}
-
-fn entity(id: &str, low: &[&str], orchestrator: &[&str], high: &[&str]) -> Entity {
-    let tags = |list: &[&str]| list.iter().map(|t| t.to_string()).collect();
-    Entity {
-        id: EntityId::parse(id).unwrap(),
-        low: tags(low),
-        orchestrator: tags(orchestrator),
-        high: tags(high),
-        standard: vec!["service:web".into()],
     }
 }
 
