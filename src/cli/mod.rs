@@ -12,11 +12,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use remote_tagger::client::{ClientConfig, TlsMode, TlsSettings};
+use remote_tagger::defaults;
 use remote_tagger::domain::Cardinality;
 use remote_tagger::server;
-
-/// Default address of a tagger (the Datadog core agent's IPC port).
-const DEFAULT_TARGET: &str = "127.0.0.1:5001";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,17 +57,17 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, env = "REMOTE_TAGGER_LISTEN", default_value = DEFAULT_TARGET)]
+    #[arg(long, env = "REMOTE_TAGGER_LISTEN", default_value = defaults::TARGET)]
     pub listen: SocketAddr,
 
     /// Bearer token file; created with 64 random hex characters (mode 0600) if absent.
-    #[arg(long, env = "REMOTE_TAGGER_AUTH_TOKEN_FILE", default_value_os_t = default_auth_token_file())]
+    #[arg(long, env = "REMOTE_TAGGER_AUTH_TOKEN_FILE", default_value_os_t = defaults::auth_token_file())]
     pub auth_token_file: PathBuf,
 
     /// PEM file with the certificate followed by its private key (the Datadog
     /// ipc_cert.pem layout); a self-signed P-256 one for localhost, 127.0.0.1
     /// and ::1 is generated there (mode 0600) if absent.
-    #[arg(long, env = "REMOTE_TAGGER_CERT_FILE", default_value_os_t = default_cert_file())]
+    #[arg(long, env = "REMOTE_TAGGER_CERT_FILE", default_value_os_t = defaults::cert_file())]
     pub cert_file: PathBuf,
 
     /// Serve the entities of this JSON file ([{"id": "container_id://abc",
@@ -130,16 +128,16 @@ pub struct DemoArgs {
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// Address of the tagger server, HOST:PORT.
-    #[arg(long, env = "REMOTE_TAGGER_TARGET", default_value = DEFAULT_TARGET)]
+    #[arg(long, env = "REMOTE_TAGGER_TARGET", default_value = defaults::TARGET)]
     pub target: String,
 
     /// File holding the bearer token (64 hex characters; a Datadog Agent's `auth_token`).
-    #[arg(long, env = "REMOTE_TAGGER_AUTH_TOKEN_FILE", default_value_os_t = default_auth_token_file())]
+    #[arg(long, env = "REMOTE_TAGGER_AUTH_TOKEN_FILE", default_value_os_t = defaults::auth_token_file())]
     pub auth_token_file: PathBuf,
 
     /// PEM file the server's certificate is verified against (a Datadog Agent's
     /// or our server's `ipc_cert.pem` works as its own CA).
-    #[arg(long, env = "REMOTE_TAGGER_CA_FILE", default_value_os_t = default_cert_file())]
+    #[arg(long, env = "REMOTE_TAGGER_CA_FILE", default_value_os_t = defaults::cert_file())]
     pub ca_file: PathBuf,
 
     /// Name the server's certificate must be valid for.
@@ -229,29 +227,6 @@ fn parse_cardinality(value: &str) -> Result<Cardinality, String> {
     value
         .parse()
         .map_err(|e: remote_tagger::domain::DomainError| e.to_string())
-}
-
-/// Where the shared files live: `$REMOTE_TAGGER_HOME`, else
-/// `$XDG_CONFIG_HOME/remote-tagger`, else `~/.config/remote-tagger`.
-fn config_dir() -> PathBuf {
-    if let Some(home) = std::env::var_os("REMOTE_TAGGER_HOME") {
-        return PathBuf::from(home);
-    }
-    if let Some(xdg) = std::env::var_os("XDG_CONFIG_HOME") {
-        return PathBuf::from(xdg).join("remote-tagger");
-    }
-    match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home).join(".config").join("remote-tagger"),
-        None => PathBuf::from(".remote-tagger"),
-    }
-}
-
-pub fn default_auth_token_file() -> PathBuf {
-    config_dir().join("auth_token")
-}
-
-pub fn default_cert_file() -> PathBuf {
-    config_dir().join("ipc_cert.pem")
 }
 
 impl ConnectArgs {
