@@ -22,10 +22,12 @@ pub mod proto {
 
 pub mod client;
 pub mod core;
+pub mod defaults;
 pub mod domain;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod harness;
 pub mod mirror;
 pub mod rng;
+pub mod server;
 pub mod workload;

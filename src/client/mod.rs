@@ -271,14 +271,14 @@ fn validate_target(target: &str) -> Result<(), ClientError> {
 fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
     // No entropy source at all leaves jitter deterministic, nothing worse.
-    let _ = getrandom::fill(&mut bytes);
+    let _ = getrandom::getrandom(&mut bytes);
     u64::from_le_bytes(bytes)
 }
 
 /// A random (version 4) UUID in its text form.
 fn random_uuid() -> String {
     let mut b = [0u8; 16];
-    let _ = getrandom::fill(&mut b);
+    let _ = getrandom::getrandom(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|byte| format!("{byte:02x}")).collect();

@@ -1,0 +1,392 @@
+//! The tagger server: serves `datadog.api.v1.AgentSecure`'s
+//! `TaggerStreamEntities` and `TaggerFetchEntity` to Datadog remote taggers
+//! and to this project's client (see `shared/wire-spec.md`, sections 3-5).
+//!
+//! Layers, from the bottom:
+//! - [`Store`]: the pure, synchronous entity store (revisions, change log,
+//!   snapshot chunks).
+//! - [`StoreHandle`]: the shared store that sources feed and streams
+//!   subscribe to, with bounded per-subscriber buffers.
+//! - [`TaggerService`]: the gRPC service over a handle, with auth.
+//! - [`serve_incoming`]: runs a service over any stream of connections (a
+//!   TCP listener, or a simulated network).
+//! - [`Server`] / [`serve`]: the whole server from a [`ServeConfig`], as the
+//!   CLI runs it: listener, token file, certificate, source.
+
+mod auth;
+mod entities_file;
+mod hub;
+mod secret_file;
+mod service;
+mod stats;
+mod store;
+mod tls;
+mod workload_source;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_stream::Stream;
+use tonic::transport::server::{Connected, TcpIncoming};
+
+pub use auth::{
+    Authenticator, GENERATED_TOKEN_LEN, MIN_TOKEN_LEN, TokenError, TokenFileError, constant_time_eq,
+};
+pub use entities_file::{
+    EntitiesFileError, EntitiesFileLoadError, EntitiesFileWatcher, diff_entities,
+    parse_entities_file,
+};
+pub use hub::StoreHandle;
+pub use service::{
+    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_SNAPSHOTS, DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_SEND_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_SUBSCRIBER_BUFFER, ServiceConfig,
+    TaggerService,
+};
+pub use stats::{EventsByCardinality, ServerStats};
+pub use store::{
+    Change, Chunker, Epoch, PrefixFilter, Snapshot, SnapshotChunk, SnapshotChunks, Store,
+};
+pub use tls::{CertFileError, GENERATED_CERT_NAMES, PemProblem, TlsIdentity};
+
+use workload_source::WorkloadSource;
+
+/// The Datadog core agent's IPC port, on loopback only.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5001);
+pub const DEFAULT_CHANGE_LOG_CAPACITY: usize = 10_000;
+pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_WORKLOAD_ENTITIES: usize = 1_000;
+pub const DEFAULT_WORKLOAD_SEED: u64 = 1;
+pub const DEFAULT_CHURN_PER_SEC: f64 = 10.0;
+/// Churn rates above this are refused: they would only measure the generator.
+pub const MAX_CHURN_PER_SEC: f64 = 1_000_000.0;
+
+/// TCP keep-alive on accepted connections, so the kernel notices peers that
+/// vanished without a FIN.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Where the served entities come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// The seeded synthetic workload of [`crate::workload`], changed at
+    /// `churn_per_sec` events per second (0: a static store).
+    Workload {
+        entities: usize,
+        seed: u64,
+        churn_per_sec: f64,
+    },
+    /// A JSON entities file (see [`parse_entities_file`]), re-read when it changes.
+    EntitiesFile(PathBuf),
+}
+
+impl Default for Source {
+    fn default() -> Self {
+        Self::Workload {
+            entities: DEFAULT_WORKLOAD_ENTITIES,
+            seed: DEFAULT_WORKLOAD_SEED,
+            churn_per_sec: DEFAULT_CHURN_PER_SEC,
+        }
+    }
+}
+
+/// Whether connections are encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// TLS with the certificate of `cert_file`, generated if absent.
+    #[default]
+    Tls,
+    /// No encryption: the token crosses the wire in clear. For tests and
+    /// simulations only; Datadog clients refuse it.
+    InsecurePlaintext,
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    /// Bearer token file; created with a random token when absent.
+    pub auth_token_file: PathBuf,
+    /// PEM certificate followed by its key; generated when absent (TLS only).
+    pub cert_file: PathBuf,
+    pub tls: TlsMode,
+    pub source: Source,
+    /// How often an entities file is checked for changes.
+    pub file_poll_interval: Duration,
+    /// Changes kept for resuming clients.
+    pub change_log_capacity: usize,
+    pub service: ServiceConfig,
+}
+
+impl ServeConfig {
+    /// The defaults of the spec (Datadog's constants, TLS on, the built-in
+    /// workload) with the two secret files, which have no safe default.
+    pub fn new(auth_token_file: impl Into<PathBuf>, cert_file: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            auth_token_file: auth_token_file.into(),
+            cert_file: cert_file.into(),
+            tls: TlsMode::default(),
+            source: Source::default(),
+            file_poll_interval: DEFAULT_FILE_POLL_INTERVAL,
+            change_log_capacity: DEFAULT_CHANGE_LOG_CAPACITY,
+            service: ServiceConfig::default(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ServeError> {
+        let invalid = |what: String| Err(ServeError::Config(what));
+        if let Source::Workload { churn_per_sec, .. } = self.source
+            && !(0.0..=MAX_CHURN_PER_SEC).contains(&churn_per_sec)
+        {
+            return invalid(format!(
+                "churn rate {churn_per_sec} events/s is out of range (0 to {MAX_CHURN_PER_SEC})"
+            ));
+        }
+        let service = &self.service;
+        for (name, duration) in [
+            ("file poll interval", self.file_poll_interval),
+            ("keep-alive interval", service.keepalive_interval),
+            ("send timeout", service.send_timeout),
+        ] {
+            if duration.is_zero() {
+                return invalid(format!("the {name} must be longer than zero"));
+            }
+        }
+        if service.max_message_size < 2 {
+            return invalid(format!(
+                "max message size {} is too small to hold anything",
+                service.max_message_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why the server could not start or stopped on an error. Each message is
+/// one line naming the culprit and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error(transparent)]
+    AuthToken(#[from] TokenFileError),
+    #[error(transparent)]
+    Certificate(#[from] CertFileError),
+    #[error(transparent)]
+    EntitiesFile(#[from] EntitiesFileLoadError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot get random bytes from the operating system: {0}")]
+    Randomness(getrandom::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(String),
+}
+
+impl ServeError {
+    fn listen(addr: SocketAddr, error: &std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        let reason = match error.kind() {
+            ErrorKind::AddrInUse => "address in use (is another remote-tagger or Datadog Agent running? pick another --listen)".to_owned(),
+            ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges; pick another --listen)".to_owned(),
+            ErrorKind::AddrNotAvailable => "address not available on this machine (check --listen)".to_owned(),
+            _ => format!("{error} (check --listen)"),
+        };
+        Self::Listen { addr, reason }
+    }
+}
+
+/// An error with its causes, on one line: tonic's errors keep the useful
+/// part in their sources.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// How `serve_incoming` secures connections.
+#[derive(Debug, Clone)]
+pub enum Security {
+    Tls(TlsIdentity),
+    /// No encryption (tests, simulations): the token crosses the wire in clear.
+    InsecurePlaintext,
+}
+
+/// Serves `service` over `incoming` connections until `shutdown` resolves.
+/// Then the service's store handle is closed for good (every stream ends,
+/// clients see UNAVAILABLE and reconnect later; a restarted server needs a
+/// new store, hence a new epoch), no new connection is accepted, and open
+/// connections get the service's `shutdown_grace` to close before they are
+/// abandoned.
+///
+/// `incoming` is any stream of connections: a [`TcpIncoming`], or a
+/// simulated network's listener wrapped to implement [`Connected`].
+pub async fn serve_incoming<I, IO, IE>(
+    service: TaggerService,
+    security: Security,
+    incoming: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = tonic::transport::Server::builder();
+    match &security {
+        Security::Tls(identity) => {
+            builder = builder
+                .tls_config(identity.server_config())
+                .map_err(|e| ServeError::Transport(error_chain(&e)))?;
+        }
+        Security::InsecurePlaintext => tracing::warn!(
+            "serving the tagger WITHOUT TLS: auth tokens and tags cross the network in clear"
+        ),
+    }
+    let store = service.store().clone();
+    let grace = service.config().shutdown_grace;
+    let (stop_accepting, stop_accepting_signal) = tokio::sync::oneshot::channel::<()>();
+    let server =
+        builder.serve_with_incoming_shutdown(service.into_server(), incoming, async move {
+            // A dropped sender (serve_incoming itself dropped) stops too.
+            let _ = stop_accepting_signal.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map_err(|e| ServeError::Transport(error_chain(&e))),
+        () = shutdown => {}
+    }
+    tracing::info!("tagger server shutting down: ending streams");
+    store.close();
+    // The receiver lives inside `server`, which is still alive here.
+    let _ = stop_accepting.send(());
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(result) => result.map_err(|e| ServeError::Transport(error_chain(&e))),
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "tagger server: connections still open after the shutdown grace period; abandoning them"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A source ready to run: its initial state is already in the store.
+enum RunningSource {
+    Workload(WorkloadSource),
+    EntitiesFile(EntitiesFileWatcher, Duration),
+}
+
+impl RunningSource {
+    async fn run(self, store: StoreHandle) -> Infallible {
+        match self {
+            Self::Workload(source) => source.run(store).await,
+            Self::EntitiesFile(watcher, interval) => watcher.run(store, interval).await,
+        }
+    }
+}
+
+/// A server that is listening and loaded, not yet serving: lets the caller
+/// learn the bound address (port 0) and reach the store before it runs.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    local_addr: SocketAddr,
+    service: TaggerService,
+    security: Security,
+    source: RunningSource,
+}
+
+impl Server {
+    /// Binds the listener, loads (or creates) the token file and the
+    /// certificate, and loads the source's initial entities into a new store.
+    pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
+        config.validate()?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ServeError::listen(config.listen, &e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| ServeError::listen(config.listen, &e))?;
+        let auth = Authenticator::from_token_file(&config.auth_token_file)?;
+        let security = match config.tls {
+            TlsMode::Tls => Security::Tls(TlsIdentity::load_or_generate(&config.cert_file)?),
+            TlsMode::InsecurePlaintext => Security::InsecurePlaintext,
+        };
+        let epoch = Epoch::random().map_err(ServeError::Randomness)?;
+        let store = StoreHandle::new(Store::new(epoch, config.change_log_capacity));
+        let (source, initial) = match config.source {
+            Source::Workload {
+                entities,
+                seed,
+                churn_per_sec,
+            } => {
+                let (source, initial) = WorkloadSource::new(entities, seed, churn_per_sec);
+                (RunningSource::Workload(source), initial)
+            }
+            Source::EntitiesFile(path) => {
+                let (watcher, initial) = EntitiesFileWatcher::open(path).await?;
+                (
+                    RunningSource::EntitiesFile(watcher, config.file_poll_interval),
+                    initial,
+                )
+            }
+        };
+        store.apply(initial);
+        tracing::info!(
+            %local_addr,
+            epoch = %store.epoch(),
+            entities = store.stats().store_entities,
+            tls = matches!(security, Security::Tls(_)),
+            "tagger server ready"
+        );
+        Ok(Self {
+            listener,
+            local_addr,
+            service: TaggerService::new(store, auth, config.service),
+            security,
+            source,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The store: for stats, or to inject events in tests.
+    pub fn store(&self) -> &StoreHandle {
+        self.service.store()
+    }
+
+    /// Serves until `shutdown` resolves (see [`serve_incoming`]), running the
+    /// source alongside.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let incoming = TcpIncoming::from(self.listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(TCP_KEEPALIVE));
+        let store = self.service.store().clone();
+        let serving = serve_incoming(self.service, self.security, incoming, shutdown);
+        tokio::select! {
+            result = serving => result,
+            never = self.source.run(store) => match never {},
+        }
+    }
+}
+
+/// Runs the whole server from `config` until `shutdown` resolves (the CLI
+/// passes SIGINT/SIGTERM).
+pub async fn serve(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    Server::bind(config).await?.run(shutdown).await
+}

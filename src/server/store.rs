@@ -1,0 +1,545 @@
+//! The server's entity store: a pure, synchronous state machine (no I/O, no
+//! async runtime), so it can be tested exhaustively and driven by a simulation.
+//!
+//! Every effective change gets the next store revision and is kept in a
+//! bounded change log; a client that reconnects to the same store instance
+//! (same [`Epoch`]) with a revision still covered by the log can be sent just
+//! the changes after it instead of a whole snapshot.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use prost::Message as _;
+
+use crate::domain::{Cardinality, Entity, EntityEvent, EntityId};
+use crate::proto::model as pb;
+use crate::rng::SplitMix64;
+
+/// Identity of one store instance. A restarted server gets a new epoch, so a
+/// client's revision from a previous instance is never mistaken for one of
+/// this instance.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Epoch(Arc<str>);
+
+impl Epoch {
+    /// An epoch from 64 bits of OS randomness (production: unique per start).
+    pub fn random() -> Result<Self, getrandom::Error> {
+        let mut bytes = [0u8; 8];
+        getrandom::getrandom(&mut bytes)?;
+        Ok(Self::from_bits(u64::from_le_bytes(bytes)))
+    }
+
+    /// A reproducible epoch for simulations and tests. A simulated restart
+    /// must use a different seed, or clients would resume across instances.
+    pub fn from_seed(seed: u64) -> Self {
+        Self::from_bits(SplitMix64::new(seed).next_u64())
+    }
+
+    fn from_bits(bits: u64) -> Self {
+        Self(format!("{bits:016x}").into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Epoch({})", self.0)
+    }
+}
+
+/// One effective change of the store and the revision it produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub revision: u64,
+    pub event: EntityEvent,
+}
+
+/// Which entity-ID prefixes a subscriber wants. An empty request list means
+/// every prefix (what newer Datadog servers do, and what clients rely on).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrefixFilter {
+    /// `None` matches everything.
+    prefixes: Option<BTreeSet<String>>,
+}
+
+impl PrefixFilter {
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// The filter of a `StreamTagsRequest.prefixes` list.
+    pub fn from_request(prefixes: &[String]) -> Self {
+        if prefixes.is_empty() {
+            Self::all()
+        } else {
+            Self {
+                prefixes: Some(prefixes.iter().cloned().collect()),
+            }
+        }
+    }
+
+    pub fn matches(&self, id: &EntityId) -> bool {
+        self.prefixes
+            .as_ref()
+            .is_none_or(|prefixes| prefixes.contains(id.prefix()))
+    }
+}
+
+/// Groups wire events into responses whose summed encoded event sizes stay
+/// within a byte budget. The first event of a chunk always goes, even when it
+/// alone is larger than the budget: refusing it would stall the stream forever.
+#[derive(Debug)]
+pub struct Chunker {
+    budget: usize,
+    events: Vec<pb::StreamTagsEvent>,
+    size: usize,
+}
+
+impl Chunker {
+    pub fn new(budget: usize) -> Self {
+        Self {
+            budget,
+            events: Vec::new(),
+            size: 0,
+        }
+    }
+
+    /// Adds `event`. When it does not fit in the current chunk, that chunk is
+    /// closed and returned, and `event` starts the next one.
+    pub fn push(&mut self, event: pb::StreamTagsEvent) -> Option<Vec<pb::StreamTagsEvent>> {
+        let len = event.encoded_len();
+        let closed = if !self.events.is_empty() && self.size.saturating_add(len) > self.budget {
+            self.size = 0;
+            Some(std::mem::take(&mut self.events))
+        } else {
+            None
+        };
+        self.size = self.size.saturating_add(len);
+        self.events.push(event);
+        closed
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Takes the events of the open chunk (possibly none).
+    pub fn take(&mut self) -> Vec<pb::StreamTagsEvent> {
+        self.size = 0;
+        std::mem::take(&mut self.events)
+    }
+}
+
+/// The matching entities of the store at one revision. Taking it is cheap
+/// (shared pointers); encoding happens chunk by chunk while it is sent, so a
+/// subscriber holds at most one encoded chunk at a time.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub revision: u64,
+    pub entities: Vec<Arc<Entity>>,
+}
+
+impl Snapshot {
+    /// The snapshot as ADDED events reduced to `cardinality`, in chunks of at
+    /// most `budget` summed event bytes (see [`Chunker`]).
+    pub fn into_chunks(self, cardinality: Cardinality, budget: usize) -> SnapshotChunks {
+        SnapshotChunks {
+            entities: self.entities.into_iter(),
+            cardinality,
+            chunker: Chunker::new(budget),
+            finished: false,
+        }
+    }
+}
+
+/// One response's worth of a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotChunk {
+    pub events: Vec<pb::StreamTagsEvent>,
+    /// True on the last chunk. An empty snapshot is one empty, complete chunk,
+    /// so a client always learns that the snapshot is over.
+    pub complete: bool,
+}
+
+/// Iterator over the chunks of a [`Snapshot`]; yields at least one chunk.
+#[derive(Debug)]
+pub struct SnapshotChunks {
+    entities: std::vec::IntoIter<Arc<Entity>>,
+    cardinality: Cardinality,
+    chunker: Chunker,
+    finished: bool,
+}
+
+impl Iterator for SnapshotChunks {
+    type Item = SnapshotChunk;
+
+    fn next(&mut self) -> Option<SnapshotChunk> {
+        if self.finished {
+            return None;
+        }
+        for entity in self.entities.by_ref() {
+            let event = pb::StreamTagsEvent {
+                r#type: pb::EventType::Added as i32,
+                entity: Some(entity.reduced(self.cardinality).to_proto()),
+            };
+            if let Some(events) = self.chunker.push(event) {
+                return Some(SnapshotChunk {
+                    events,
+                    complete: false,
+                });
+            }
+        }
+        self.finished = true;
+        Some(SnapshotChunk {
+            events: self.chunker.take(),
+            complete: true,
+        })
+    }
+}
+
+/// The entity store with its revision counter and bounded change log.
+#[derive(Debug)]
+pub struct Store {
+    epoch: Epoch,
+    revision: u64,
+    entities: BTreeMap<EntityId, Arc<Entity>>,
+    log: VecDeque<Change>,
+    log_capacity: usize,
+    /// The revision the oldest logged change follows: the log can replay
+    /// everything after any revision in `log_start..=revision`.
+    log_start: u64,
+}
+
+impl Store {
+    /// An empty store at revision 0. `change_log_capacity` bounds how many
+    /// changes are kept for resuming clients (0 disables resuming).
+    pub fn new(epoch: Epoch, change_log_capacity: usize) -> Self {
+        Self {
+            epoch,
+            revision: 0,
+            entities: BTreeMap::new(),
+            log: VecDeque::new(),
+            log_capacity: change_log_capacity,
+            log_start: 0,
+        }
+    }
+
+    pub fn epoch(&self) -> &Epoch {
+        &self.epoch
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn len(&self) -> usize {
+        self.entities.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entities.is_empty()
+    }
+
+    pub fn get(&self, id: &EntityId) -> Option<&Arc<Entity>> {
+        self.entities.get(id)
+    }
+
+    /// Applies `events` in order and returns the effective changes, each with
+    /// its new revision. Sources may re-send what the store already holds, so
+    /// events are diffed against it: an ADDED or MODIFIED with the tags the
+    /// entity already has changes nothing; one for an absent entity is
+    /// reported as ADDED, one for a present entity with other tags as
+    /// MODIFIED; a DELETED of an absent entity changes nothing.
+    pub fn apply(&mut self, events: impl IntoIterator<Item = EntityEvent>) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for event in events {
+            let effective = match event {
+                EntityEvent::Added(entity) | EntityEvent::Modified(entity) => {
+                    match self.entities.get(&entity.id) {
+                        Some(current) if **current == entity => None,
+                        Some(_) => Some(EntityEvent::Modified(entity)),
+                        None => Some(EntityEvent::Added(entity)),
+                    }
+                }
+                EntityEvent::Deleted(id) => self
+                    .entities
+                    .contains_key(&id)
+                    .then_some(EntityEvent::Deleted(id)),
+            };
+            let Some(event) = effective else { continue };
+            match &event {
+                EntityEvent::Added(entity) | EntityEvent::Modified(entity) => {
+                    self.entities
+                        .insert(entity.id.clone(), Arc::new(entity.clone()));
+                }
+                EntityEvent::Deleted(id) => {
+                    self.entities.remove(id);
+                }
+            }
+            self.revision += 1;
+            let change = Change {
+                revision: self.revision,
+                event,
+            };
+            self.record(change.clone());
+            changes.push(change);
+        }
+        changes
+    }
+
+    fn record(&mut self, change: Change) {
+        if self.log_capacity == 0 {
+            self.log_start = change.revision;
+            return;
+        }
+        if self.log.len() == self.log_capacity
+            && let Some(oldest) = self.log.pop_front()
+        {
+            self.log_start = oldest.revision;
+        }
+        self.log.push_back(change);
+    }
+
+    /// The matching entities at the current revision.
+    pub fn snapshot(&self, filter: &PrefixFilter) -> Snapshot {
+        Snapshot {
+            revision: self.revision,
+            entities: self
+                .entities
+                .values()
+                .filter(|entity| filter.matches(&entity.id))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The snapshot a new subscriber gets, as response-sized chunks.
+    pub fn snapshot_chunks(
+        &self,
+        cardinality: Cardinality,
+        filter: &PrefixFilter,
+        budget: usize,
+    ) -> SnapshotChunks {
+        self.snapshot(filter).into_chunks(cardinality, budget)
+    }
+
+    /// Every change after `revision`, if `epoch` is this store's and the log
+    /// still holds all of them; `None` means the client needs a snapshot.
+    /// A revision ahead of the store (impossible for an honest client of this
+    /// epoch) is refused too.
+    pub fn changes_since(&self, epoch: &str, revision: u64) -> Option<Vec<Change>> {
+        if epoch != self.epoch.as_str() || revision < self.log_start || revision > self.revision {
+            return None;
+        }
+        let skip = usize::try_from(revision - self.log_start).ok()?;
+        Some(self.log.iter().skip(skip).cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entity(id: &str, low: &[&str], orchestrator: &[&str], high: &[&str]) -> Entity {
+        let mut entity = Entity::new(EntityId::parse(id).unwrap());
+        entity.low = low.iter().map(|t| t.to_string()).collect();
+        entity.orchestrator = orchestrator.iter().map(|t| t.to_string()).collect();
+        entity.high = high.iter().map(|t| t.to_string()).collect();
+        entity.standard = vec!["env:test".into()];
+        entity
+    }
+
+    fn store() -> Store {
+        Store::new(Epoch::from_seed(1), 100)
+    }
+
+    fn id(text: &str) -> EntityId {
+        EntityId::parse(text).unwrap()
+    }
+
+    #[test]
+    fn apply_diffs_against_the_store() {
+        let mut store = store();
+        let a = entity("container_id://a", &["l"], &[], &[]);
+        let changes = store.apply([EntityEvent::Added(a.clone())]);
+        assert_eq!(
+            changes,
+            [Change {
+                revision: 1,
+                event: EntityEvent::Added(a.clone())
+            }]
+        );
+        // Re-adding or re-modifying with identical tags changes nothing.
+        assert!(store.apply([EntityEvent::Added(a.clone())]).is_empty());
+        assert!(store.apply([EntityEvent::Modified(a.clone())]).is_empty());
+        assert_eq!(store.revision(), 1);
+        // ADDED of a present entity with other tags is a modification.
+        let a2 = entity("container_id://a", &["l2"], &[], &[]);
+        let changes = store.apply([EntityEvent::Added(a2.clone())]);
+        assert_eq!(changes[0].event, EntityEvent::Modified(a2.clone()));
+        // MODIFIED of an absent entity is an addition.
+        let b = entity("host://b", &[], &[], &["h"]);
+        let changes = store.apply([EntityEvent::Modified(b.clone())]);
+        assert_eq!(changes[0].event, EntityEvent::Added(b.clone()));
+        // Deleting an absent entity changes nothing; a present one is removed.
+        assert!(
+            store
+                .apply([EntityEvent::Deleted(id("host://zz"))])
+                .is_empty()
+        );
+        let changes = store.apply([EntityEvent::Deleted(id("host://b"))]);
+        assert_eq!(changes[0].event, EntityEvent::Deleted(id("host://b")));
+        assert_eq!(changes[0].revision, 4);
+        assert_eq!(store.len(), 1);
+        assert_eq!(**store.get(&a.id).unwrap(), a2);
+    }
+
+    #[test]
+    fn events_of_one_batch_apply_in_order() {
+        let mut store = store();
+        let a = entity("process://1", &["x"], &[], &[]);
+        let changes = store.apply([
+            EntityEvent::Added(a.clone()),
+            EntityEvent::Deleted(a.id.clone()),
+            EntityEvent::Added(a.clone()),
+        ]);
+        let revisions: Vec<u64> = changes.iter().map(|c| c.revision).collect();
+        assert_eq!(revisions, [1, 2, 3]);
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn prefix_filter_empty_means_all() {
+        let all = PrefixFilter::from_request(&[]);
+        let hosts = PrefixFilter::from_request(&["host".to_string()]);
+        assert!(all.matches(&id("process://1")));
+        assert!(hosts.matches(&id("host://1")));
+        assert!(!hosts.matches(&id("process://1")));
+        // Exact prefix match, not a string prefix.
+        assert!(!PrefixFilter::from_request(&["contain".into()]).matches(&id("container_id://1")));
+    }
+
+    #[test]
+    fn snapshot_filters_reduces_and_marks_the_last_chunk() {
+        let mut store = store();
+        store.apply([
+            EntityEvent::Added(entity("container_id://a", &["l"], &["o"], &["h"])),
+            EntityEvent::Added(entity("host://b", &["l"], &["o"], &["h"])),
+        ]);
+        let filter = PrefixFilter::from_request(&["container_id".into()]);
+        let chunks: Vec<SnapshotChunk> = store
+            .snapshot_chunks(Cardinality::Orchestrator, &filter, usize::MAX)
+            .collect();
+        assert_eq!(chunks.len(), 1);
+        assert!(chunks[0].complete);
+        let [event] = chunks[0].events.as_slice() else {
+            panic!("expected one event, got {:?}", chunks[0].events)
+        };
+        assert_eq!(event.r#type, pb::EventType::Added as i32);
+        let wire = event.entity.as_ref().unwrap();
+        assert_eq!(wire.id.as_ref().unwrap().uid, "a");
+        assert_eq!(wire.low_cardinality_tags, ["l"]);
+        assert_eq!(wire.orchestrator_cardinality_tags, ["o"]);
+        assert!(wire.high_cardinality_tags.is_empty());
+        assert_eq!(wire.standard_tags, ["env:test"]);
+    }
+
+    #[test]
+    fn empty_snapshot_is_one_empty_complete_chunk() {
+        let chunks: Vec<SnapshotChunk> = store()
+            .snapshot_chunks(Cardinality::High, &PrefixFilter::all(), 10)
+            .collect();
+        assert_eq!(
+            chunks,
+            [SnapshotChunk {
+                events: vec![],
+                complete: true
+            }]
+        );
+    }
+
+    #[test]
+    fn chunks_respect_the_budget_but_always_take_a_first_event() {
+        let mut store = store();
+        let big = "x".repeat(1000);
+        store.apply(
+            (0..10)
+                .map(|i| EntityEvent::Added(entity(&format!("process://{i}"), &[&big], &[], &[]))),
+        );
+        let event_size = store
+            .snapshot_chunks(Cardinality::High, &PrefixFilter::all(), usize::MAX)
+            .next()
+            .unwrap()
+            .events[0]
+            .encoded_len();
+        // Three events fit in the budget, a fourth does not.
+        let budget = event_size * 3 + event_size / 2;
+        let chunks: Vec<SnapshotChunk> = store
+            .snapshot_chunks(Cardinality::High, &PrefixFilter::all(), budget)
+            .collect();
+        let sizes: Vec<usize> = chunks.iter().map(|c| c.events.len()).collect();
+        assert_eq!(sizes, [3, 3, 3, 1]);
+        let complete: Vec<bool> = chunks.iter().map(|c| c.complete).collect();
+        assert_eq!(complete, [false, false, false, true]);
+        // A budget below one event still makes progress: one event per chunk.
+        let tiny: Vec<SnapshotChunk> = store
+            .snapshot_chunks(Cardinality::High, &PrefixFilter::all(), 1)
+            .collect();
+        assert_eq!(tiny.len(), 10);
+        assert!(tiny.iter().all(|c| c.events.len() == 1));
+    }
+
+    #[test]
+    fn changes_since_replays_what_the_log_covers() {
+        let mut store = Store::new(Epoch::from_seed(1), 3);
+        let epoch = store.epoch().as_str().to_owned();
+        for i in 0..5 {
+            store.apply([EntityEvent::Added(entity(
+                &format!("process://{i}"),
+                &[],
+                &[],
+                &[],
+            ))]);
+        }
+        // The log holds revisions 3, 4, 5: resuming after 2..=5 works.
+        assert_eq!(store.changes_since(&epoch, 5), Some(vec![]));
+        let replay = store.changes_since(&epoch, 3).unwrap();
+        let revisions: Vec<u64> = replay.iter().map(|c| c.revision).collect();
+        assert_eq!(revisions, [4, 5]);
+        assert_eq!(store.changes_since(&epoch, 2).unwrap().len(), 3);
+        // Older than the log, ahead of the store, or another epoch: snapshot.
+        assert_eq!(store.changes_since(&epoch, 1), None);
+        assert_eq!(store.changes_since(&epoch, 6), None);
+        assert_eq!(store.changes_since("other", 5), None);
+        assert_eq!(store.changes_since("", 5), None);
+    }
+
+    #[test]
+    fn a_zero_capacity_log_only_resumes_at_the_current_revision() {
+        let mut store = Store::new(Epoch::from_seed(1), 0);
+        let epoch = store.epoch().as_str().to_owned();
+        store.apply([EntityEvent::Added(entity("process://1", &[], &[], &[]))]);
+        assert_eq!(store.changes_since(&epoch, 1), Some(vec![]));
+        assert_eq!(store.changes_since(&epoch, 0), None);
+    }
+
+    #[test]
+    fn epochs_differ_by_seed_and_are_hex() {
+        let a = Epoch::from_seed(1);
+        assert_eq!(a, Epoch::from_seed(1));
+        assert_ne!(a, Epoch::from_seed(2));
+        assert_eq!(a.as_str().len(), 16);
+        assert!(a.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(Epoch::random().unwrap(), Epoch::random().unwrap());
+    }
+}
