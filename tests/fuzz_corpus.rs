@@ -58,6 +58,16 @@ fn decode_response_corpus() {
     replay("decode_response", fuzzing::decode_response);
 }
 
+#[test]
+fn server_request_corpus() {
+    replay("server_request", fuzzing::server_request);
+}
+
+#[test]
+fn entities_file_corpus() {
+    replay("entities_file", fuzzing::entities_file);
+}
+
 /// Writes the hand-made seeds of the targets whose input is a wire format
 /// (the others' seeds come from the fuzzer itself, minimised).
 #[test]

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-pub use model_server::ModelServer;
+pub use model_server::{ModelServer, harness_entity, harness_id};
 
 use crate::core::{ClientCore, Command, ConnectionId, CoreConfig, Event, Timer};
 use crate::domain::{Cardinality, Entity, EntityId};

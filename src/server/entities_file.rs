@@ -57,8 +57,8 @@ struct EntityRecord {
 /// bad JSON, unknown fields (a misspelled list name would otherwise drop its
 /// tags silently), invalid or duplicate ids are all errors.
 pub fn parse_entities_file(bytes: &[u8]) -> Result<Vec<Entity>, EntitiesFileError> {
-    let records: Vec<EntityRecord> =
-        serde_json::from_slice(bytes).map_err(|e| EntitiesFileError::Json(e.to_string()))?;
+    let records: Vec<EntityRecord> = serde_json::from_slice(bytes)
+        .map_err(|e| EntitiesFileError::Json(escape_control_chars(&e.to_string())))?;
     let mut seen = std::collections::BTreeSet::new();
     records
         .into_iter()
@@ -82,6 +82,21 @@ pub fn parse_entities_file(bytes: &[u8]) -> Result<Vec<Entity>, EntitiesFileErro
             })
         })
         .collect()
+}
+
+/// serde's message quotes the offending input (an unknown field's name, say)
+/// as it is, control characters included: escaped, the error stays one line
+/// (a field name holding `\n` once split it into two log lines).
+fn escape_control_chars(message: &str) -> String {
+    let mut line = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
 }
 
 /// The events that turn the entity set `previous` into `next`.
@@ -271,6 +286,9 @@ mod tests {
         assert!(json.contains("line 2 column"), "{json}");
         let unknown_field = error(br#"[{"id": "host://a", "hihg": []}]"#);
         assert!(unknown_field.contains("hihg"), "{unknown_field}");
+        // Found by the entities_file fuzz target: the name is quoted raw.
+        let control_chars = error(b"[{\"co\\nnt\\u0000\": []}]");
+        assert!(control_chars.contains(r"co\nnt\u{0}"), "{control_chars}");
         let bad_id = error(br#"[{"id": "host://a"}, {"id": "pod://x"}]"#);
         assert!(
             bad_id.contains("entity #2") && bad_id.contains("pod"),

@@ -1,12 +1,5 @@
-//! The fuzz harnesses: one function per cargo-fuzz target of `fuzz/`.
-//!
-//! They live in the library, not in the fuzz crate, so that the targets are
-//! one-liners and `tests/fuzz_corpus.rs` replays every committed corpus file
-//! through exactly the same code under a plain `cargo test` (no cargo-fuzz,
-//! no nightly). Each takes the fuzzer's bytes and panics on the first broken
-//! invariant, which is how libFuzzer recognises a finding.
-//!
-//! Only built with the `fuzzing` feature (it brings `arbitrary`).
+//! The client-side targets: the core's transitions, and what it makes of
+//! arbitrary server responses.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
