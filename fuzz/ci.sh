@@ -10,6 +10,8 @@
 #
 # New inputs a run finds go to a scratch directory: the committed corpus
 # (fuzz/corpus/<target>) changes only through cmin or a deliberate copy.
+# The input of every bug found goes to fuzz/regressions/<target>/: runs read
+# it too, cmin leaves it alone, tests/fuzz_corpus.rs replays it.
 set -euo pipefail
 caller_dir=$PWD
 cd "$(dirname "$0")"
@@ -61,11 +63,11 @@ summary=()
 for target in "${targets[@]}"; do
     echo
     echo "=== fuzz $target for ${seconds}s"
-    mkdir -p "$scratch/$target" "corpus/$target"
+    mkdir -p "$scratch/$target" "corpus/$target" "regressions/$target"
     log="$scratch/$target.log"
     set +e
     # -timeout: one input running for 10 s is a hang, hence a finding.
-    cargo fuzz run "${build_flags[@]}" "$target" "$scratch/$target" "corpus/$target" -- \
+    cargo fuzz run "${build_flags[@]}" "$target" "$scratch/$target" "corpus/$target" "regressions/$target" -- \
         -max_total_time="$seconds" -timeout=10 -print_final_stats=1 2>&1 |
         tee "$log" | grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::|^SUMMARY|panicked|Test unit written'
     status=${PIPESTATUS[0]}
@@ -81,7 +83,7 @@ for target in "${targets[@]}"; do
         crashed+=("$target")
         echo "!!! $target failed (exit $status); input: fuzz/${artifact#./}"
         echo "!!! replay: (cd fuzz && cargo fuzz run -s none $target ${artifact:-<input>})"
-        echo "!!! then fix it and copy the input to fuzz/corpus/$target/ (tests/fuzz_corpus.rs replays it)"
+        echo "!!! then fix it and copy the input to fuzz/regressions/$target/ (tests/fuzz_corpus.rs replays it)"
     fi
 done
 

@@ -1,6 +1,8 @@
-//! Replays every committed fuzz corpus file (`fuzz/corpus/<target>/`)
-//! through the harness function its cargo-fuzz target calls, so the
-//! regression suite runs under a plain `cargo test`, without cargo-fuzz.
+//! Replays every committed fuzz input through the harness function its
+//! cargo-fuzz target calls, so the regression suite runs under a plain
+//! `cargo test`, without cargo-fuzz: the minimised corpus
+//! (`fuzz/corpus/<target>/`) and the inputs of every bug the fuzzer found
+//! (`fuzz/regressions/<target>/`, which minimising never drops).
 //!
 //! `cargo test --test fuzz_corpus -- --ignored write_seed_corpus` (re)writes
 //! the hand-made seeds, which `fuzz/ci.sh cmin` then minimises with the rest.
@@ -13,34 +15,42 @@ use remote_tagger::domain::{Cardinality, Entity, EntityEvent, EntityId};
 use remote_tagger::fuzzing;
 use remote_tagger::proto::model::{self as pb, StreamTagsResponse};
 
-fn corpus_dir(target: &str) -> PathBuf {
+fn fuzz_dir(kind: &str, target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
+        .join("fuzz")
+        .join(kind)
         .join(target)
 }
 
-/// Runs `harness` on every file of the target's corpus, reporting every
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .map(|entry| entry.expect("readable fuzz input directory").path())
+        .filter(|path| !path.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect()
+}
+
+/// Runs `harness` on every committed input of `target`, reporting every
 /// file that panics rather than stopping at the first.
 fn replay(target: &str, harness: fn(&[u8])) {
-    let dir = corpus_dir(target);
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap_or_else(|error| panic!("cannot read {}: {error}", dir.display()))
-        .map(|entry| entry.expect("readable corpus directory").path())
-        .filter(|path| !path.file_name().unwrap().to_string_lossy().starts_with('.'))
-        .collect();
+    let corpus = files_in(&fuzz_dir("corpus", target));
+    assert!(!corpus.is_empty(), "no committed corpus for {target}");
+    let mut files = corpus;
+    files.extend(files_in(&fuzz_dir("regressions", target)));
     files.sort();
-    assert!(!files.is_empty(), "{} holds no corpus", dir.display());
     let failures: Vec<String> = files
         .iter()
         .filter(|path| {
-            let data = fs::read(path).expect("readable corpus file");
+            let data = fs::read(path).expect("readable fuzz input");
             std::panic::catch_unwind(|| harness(&data)).is_err()
         })
         .map(|path| path.display().to_string())
         .collect();
     assert!(
         failures.is_empty(),
-        "{} of {} {target} corpus files fail (panics above); replay one with \
+        "{} of {} {target} inputs fail (panics above); replay one with \
          `cargo fuzz run -s none {target} <file>`:\n{}",
         failures.len(),
         files.len(),
@@ -79,7 +89,7 @@ fn write_seed_corpus() {
 }
 
 fn write_seed(target: &str, name: &str, data: &[u8]) {
-    let dir = corpus_dir(target);
+    let dir = fuzz_dir("corpus", target);
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join(format!("seed-{name}")), data).unwrap();
 }
