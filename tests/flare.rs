@@ -498,17 +498,26 @@ async fn the_flare_command_collects_what_support_needs_and_no_secret() {
         "--log-file",
         log_file.to_str().unwrap(),
         "--send",
-        &intake.url(),
+        // Reached through the proxy of the environment, like a production
+        // host that reaches Datadog only through one.
+        "http://flare.invalid",
         "--case-id",
         "4321",
     ]
     .map(str::to_owned)
     .to_vec();
+    let proxy = intake.url();
     let ran = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_remote-tagger"))
             .args(args)
             .env("DD_API_KEY", API_KEY)
             .env("RUST_LOG", "debug")
+            .env("HTTP_PROXY", proxy)
+            .env_remove("http_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
             .output()
             .unwrap()
     });
@@ -521,6 +530,13 @@ async fn the_flare_command_collects_what_support_needs_and_no_secret() {
         intake.requests(),
         ["HEAD /support/flare/4321", "POST /support/flare/4321"]
     );
+    for request in intake.received() {
+        assert_eq!(
+            request.header("host"),
+            "flare.invalid",
+            "sent through the proxy"
+        );
+    }
 
     let files = unpack(&output);
     let names: Vec<&str> = files.keys().map(String::as_str).collect();

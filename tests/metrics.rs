@@ -11,10 +11,17 @@ use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode, TlsSettings};
 use remote_tagger::domain::{Cardinality, EntityEvent};
 use remote_tagger::metrics::{self, MetricsEndpoint};
 
+/// A client that ignores proxy variables: the endpoint is on loopback.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn get(url: String) -> reqwest::Response {
+    http().get(url).send().await.unwrap()
+}
+
 async fn scrape(endpoint: &MetricsEndpoint) -> String {
-    let response = reqwest::get(format!("http://{}/metrics", endpoint.local_addr()))
-        .await
-        .unwrap();
+    let response = get(format!("http://{}/metrics", endpoint.local_addr())).await;
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"]
         .to_str()
@@ -201,22 +208,9 @@ async fn only_the_metrics_path_is_served() {
         .await
         .unwrap();
     let base = format!("http://{}", endpoint.local_addr());
-    assert_eq!(
-        reqwest::get(format!("{base}/")).await.unwrap().status(),
-        404
-    );
-    assert_eq!(
-        reqwest::get(format!("{base}/metricsx"))
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    let post = reqwest::Client::new()
-        .post(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(get(format!("{base}/")).await.status(), 404);
+    assert_eq!(get(format!("{base}/metricsx")).await.status(), 404);
+    let post = http().post(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(post.status(), 405);
     server.stop().await;
 }

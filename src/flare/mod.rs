@@ -55,17 +55,29 @@ pub fn write_archive(path: &Path, top: &str, files: &[FlareFile]) -> std::io::Re
     archive.into_inner()?.finish()?.flush()
 }
 
-/// An API key as it may be shown: its last 5 characters, the rest masked,
-/// as the Datadog Agent shows keys in its own flares.
+/// The last 5 characters of an API key (surrounding whitespace ignored):
+/// as much of it as the Datadog Agent ever shows.
+pub fn api_key_tail(key: &str) -> &str {
+    let key = key.trim();
+    let start = key
+        .char_indices()
+        .rev()
+        .nth(4)
+        .map_or(0, |(index, _)| index);
+    &key[start..]
+}
+
+/// An API key as a flare may show it: its last 5 characters, the rest
+/// masked. A key of 5 characters or fewer is masked whole: its "tail" would
+/// be all of it.
 pub fn redact_api_key(key: &str) -> String {
-    let chars: Vec<char> = key.trim().chars().collect();
-    let shown = chars.len().saturating_sub(5);
-    let tail: String = chars[shown..].iter().collect();
-    if shown == 0 {
-        // Five characters or fewer: showing them would show the whole key.
-        return "*".repeat(chars.len());
+    let key = key.trim();
+    let tail = api_key_tail(key);
+    let hidden = key[..key.len() - tail.len()].chars().count();
+    if hidden == 0 {
+        return "*".repeat(tail.chars().count());
     }
-    format!("{}{tail}", "*".repeat(shown))
+    format!("{}{tail}", "*".repeat(hidden))
 }
 
 /// The last `max_bytes` of the file at `path`, starting at a line boundary
@@ -109,6 +121,9 @@ mod tests {
         assert_eq!(redact_api_key(" abcdefg\n"), "**cdefg");
         assert_eq!(redact_api_key("abcde"), "*****");
         assert_eq!(redact_api_key(""), "");
+        // Characters, not bytes.
+        assert_eq!(api_key_tail("ключ-1234é"), "1234é");
+        assert_eq!(redact_api_key("ключ-1234é"), "*****1234é");
     }
 
     #[test]

@@ -289,9 +289,9 @@ async fn form(archive: &Path, upload: &FlareUpload) -> Result<Form, FlareSendErr
 async fn analyze(response: Response, api_key: &str) -> Result<FlareReceipt, FlareSendError> {
     let status = response.status();
     if status == StatusCode::FORBIDDEN {
-        let tail_start = api_key.len().saturating_sub(5);
-        let key_tail = api_key.get(tail_start..).unwrap_or_default().to_owned();
-        return Err(FlareSendError::Forbidden { key_tail });
+        return Err(FlareSendError::Forbidden {
+            key_tail: super::api_key_tail(api_key).to_owned(),
+        });
     }
     if status != StatusCode::OK {
         return Err(FlareSendError::Status {
