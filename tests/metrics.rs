@@ -197,8 +197,20 @@ async fn server_and_client_metrics_are_exposed_and_move_with_activity() {
         );
     }
 
-    tagger.stop().await;
+    // The server goes away: the client says so and backs off.
     server.stop().await;
+    let client_lost = scrape_until(
+        &client_metrics,
+        "tagger_client_backoff_delay_seconds",
+        |delay| delay > 0.0,
+    )
+    .await;
+    assert_eq!(value(&client_lost, "tagger_client_synced"), 0.0);
+    assert!(
+        value(&client_lost, "tagger_client_stream_errors_total")
+            > value(&client_before, "tagger_client_stream_errors_total")
+    );
+    tagger.stop().await;
 }
 
 #[tokio::test]
