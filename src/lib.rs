@@ -18,15 +18,24 @@ pub mod proto {
     }
     pub use datadog::api::v1 as api;
     pub use datadog::model::v1 as model;
+
+    /// The encoded descriptors of `proto/` (imports included), for gRPC
+    /// server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/tagger_descriptor_set.bin"));
 }
 
+pub mod build_info;
 pub mod client;
 pub mod core;
 pub mod defaults;
 pub mod domain;
+mod error_text;
+pub mod flare;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod harness;
+pub mod metrics;
 pub mod mirror;
 pub mod rng;
 pub mod server;

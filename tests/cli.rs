@@ -1,7 +1,7 @@
 //! The `remote-tagger` binary end to end: `serve` in one process, `list
 //! --json` and `get` in others, as a user runs them in two terminals.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -13,35 +13,67 @@ const BINARY: &str = env!("CARGO_BIN_EXE_remote-tagger");
 struct Serving {
     child: Child,
     address: String,
+    /// stderr lines read so far, and the rest as they come.
+    seen: Vec<String>,
+    lines: mpsc::Receiver<String>,
 }
 
 impl Serving {
     /// Starts `serve` on an ephemeral port and reads the address it reports.
     fn start(home: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(home, extra, &[])
+    }
+
+    fn start_with_env(home: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BINARY)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .env("REMOTE_TAGGER_HOME", home)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("the binary runs");
         let stderr = child.stderr.take().unwrap();
-        let (lines, received) = mpsc::channel();
+        let (sender, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines.send(line);
+                let _ = sender.send(line);
             }
         });
-        let address = loop {
-            let line = received
-                .recv_timeout(Duration::from_secs(30))
-                .expect("serve reports where it listens");
-            if let Some((_, rest)) = line.split_once(" entities on ") {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
+        let mut serving = Self {
+            child,
+            address: String::new(),
+            seen: Vec::new(),
+            lines,
         };
-        Self { child, address }
+        let line = serving.wait_for_line(" entities on ");
+        let (_, rest) = line.split_once(" entities on ").unwrap();
+        serving.address = rest.split_whitespace().next().unwrap().to_owned();
+        serving
+    }
+
+    /// Reads stderr up to the first line containing `needle`.
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("serve printed no line with {needle:?}"));
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// Stops the server and returns all it printed on stderr.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut all = std::mem::take(&mut self.seen);
+        all.extend(self.lines.try_iter());
+        all.join("\n")
     }
 }
 
@@ -156,4 +188,113 @@ fn errors_are_one_clear_line() {
         !bad_cardinality.status.success() && stderr.contains("invalid cardinality"),
         "{stderr}"
     );
+}
+
+/// `GET path` over HTTP/1.0, the whole answer (status line included).
+fn http_get(address: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn the_token_appears_in_no_log_metric_or_error_even_at_trace_level() {
+    let home = tempfile::tempdir().unwrap();
+    let serve_log = home.path().join("serve.log");
+    let client_log = home.path().join("client.log");
+    let trace = [("RUST_LOG", "trace")];
+    let mut serving = Serving::start_with_env(
+        home.path(),
+        &[
+            "--log-file",
+            serve_log.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--workload-entities",
+            "20",
+        ],
+        &trace,
+    );
+    let metrics_line = serving.wait_for_line("metrics on http://");
+    let metrics_address = metrics_line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .to_owned();
+
+    let listed = Command::new(BINARY)
+        .args(["list", "--json", "--target", &serving.address])
+        .args([
+            "--log-format",
+            "json",
+            "--log-file",
+            client_log.to_str().unwrap(),
+        ])
+        .env("REMOTE_TAGGER_HOME", home.path())
+        .envs(trace)
+        .output()
+        .unwrap();
+    let listed_stderr = String::from_utf8_lossy(&listed.stderr).into_owned();
+    assert!(listed.status.success(), "{listed_stderr}");
+
+    // A client with the wrong token: refused, and its own token not quoted.
+    let wrong_token = "f".repeat(64);
+    let wrong_token_file = home.path().join("wrong_token");
+    std::fs::write(&wrong_token_file, &wrong_token).unwrap();
+    let refused = Command::new(BINARY)
+        .args(["list", "--target", &serving.address, "--wait-secs", "2"])
+        .args(["--auth-token-file", wrong_token_file.to_str().unwrap()])
+        .env("REMOTE_TAGGER_HOME", home.path())
+        .envs(trace)
+        .output()
+        .unwrap();
+    let refused_stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success());
+    assert!(
+        refused_stderr.contains("Unauthenticated"),
+        "{refused_stderr}"
+    );
+
+    let scrape = http_get(&metrics_address, "/metrics");
+    assert!(
+        scrape.contains("tagger_server_auth_failures_total"),
+        "{scrape}"
+    );
+    let serve_stderr = serving.stop();
+
+    let serve_log = std::fs::read_to_string(&serve_log).unwrap();
+    let client_log = std::fs::read_to_string(&client_log).unwrap();
+    assert!(serve_log.contains("tagger server ready"), "{serve_log}");
+    assert!(serve_log.contains("TRACE"), "trace logging was on");
+    for line in client_log.lines() {
+        let record: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(record["level"].is_string(), "{line}");
+    }
+    assert!(!client_log.is_empty());
+
+    let token = std::fs::read_to_string(home.path().join("auth_token")).unwrap();
+    let token = token.trim();
+    assert_eq!(token.len(), 64);
+    for (name, text) in [
+        ("serve stderr", &serve_stderr),
+        ("serve log file", &serve_log),
+        (
+            "list stdout",
+            &String::from_utf8_lossy(&listed.stdout).into_owned(),
+        ),
+        ("list stderr", &listed_stderr),
+        ("list log file", &client_log),
+        ("refused list stderr", &refused_stderr),
+        ("metrics", &scrape),
+    ] {
+        assert!(!text.contains(token), "the token is in the {name}");
+        assert!(
+            !text.contains(&wrong_token),
+            "the wrong token is in the {name}"
+        );
+    }
 }

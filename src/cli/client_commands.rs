@@ -6,28 +6,22 @@ use std::time::Duration;
 use remote_tagger::client::{self, ClientStatus, RemoteTagger};
 use remote_tagger::core::{ConnectionState, Event};
 use remote_tagger::domain::{Cardinality, Entity, EntityId};
+use remote_tagger::metrics;
 use remote_tagger::mirror::ChangeKind;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{CliResult, GetArgs, ListArgs, WatchArgs};
+use super::{CliResult, GetArgs, ListArgs, SyncWaitArgs, WatchArgs};
 
 pub async fn list(args: ListArgs) -> CliResult {
     let config = args.connect.client_config(Some(&args.subscription))?;
     let target = config.target.clone();
     let tagger = RemoteTagger::start(config).map_err(|e| e.to_string())?;
-    let mut changes = tagger.subscribe();
-    wait_synced_with_progress(&tagger, &target, Duration::from_secs(args.wait_secs)).await?;
-    if !tagger.status().borrow().extension_aware {
-        // A plain Datadog server has no end-of-snapshot marker: "synced" may be
-        // mid-snapshot, so wait for the stream to go quiet before printing.
-        let settle = Duration::from_millis(args.settle_ms);
-        while let Ok(received) = tokio::time::timeout(settle, changes.recv()).await {
-            if matches!(received, Err(RecvError::Closed)) {
-                break;
-            }
-        }
-    }
+    let _metrics = args
+        .metrics
+        .spawn(|| metrics::client_registry(&tagger))
+        .await?;
+    wait_whole_store(&tagger, &target, &args.sync).await?;
     let entities = tagger.mirror().list();
     tagger.stop().await;
     let mut out = std::io::stdout().lock();
@@ -39,6 +33,27 @@ pub async fn list(args: ListArgs) -> CliResult {
         write_table(&mut out, &entities)
     };
     quiet_on_broken_pipe(written).map_err(|e| format!("cannot write the list: {e}"))
+}
+
+/// Waits until the mirror holds the whole store: synced, and against a
+/// plain Datadog server (no end-of-snapshot marker, so "synced" may be
+/// mid-snapshot) until the stream has been quiet for the settle time.
+pub(super) async fn wait_whole_store(
+    tagger: &RemoteTagger,
+    target: &str,
+    sync: &SyncWaitArgs,
+) -> CliResult {
+    let mut changes = tagger.subscribe();
+    wait_synced_with_progress(tagger, target, Duration::from_secs(sync.wait_secs)).await?;
+    if !tagger.status().borrow().extension_aware {
+        let settle = Duration::from_millis(sync.settle_ms);
+        while let Ok(received) = tokio::time::timeout(settle, changes.recv()).await {
+            if matches!(received, Err(RecvError::Closed)) {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A closed pipe (`remote-tagger list | head`) ends the output, not in error.
@@ -141,6 +156,10 @@ fn progress_line(target: &str, status: &ClientStatus) -> String {
 pub async fn watch(args: WatchArgs) -> CliResult {
     let config = args.connect.client_config(Some(&args.subscription))?;
     let tagger = RemoteTagger::start(config).map_err(|e| e.to_string())?;
+    let _metrics = args
+        .metrics
+        .spawn(|| metrics::client_registry(&tagger))
+        .await?;
     let mirror = tagger.mirror();
     let mut events = tagger.subscribe();
     let mut out = std::io::stdout();

@@ -5,16 +5,23 @@
 //! token and certificate files and the Datadog port on loopback.
 
 mod client_commands;
+mod flare;
 mod server_commands;
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use remote_tagger::client::{ClientConfig, TlsMode, TlsSettings};
 use remote_tagger::defaults;
 use remote_tagger::domain::Cardinality;
+use remote_tagger::metrics::{self, MetricsEndpoint};
 use remote_tagger::server;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +45,23 @@ pub struct Cli {
     /// commands (their progress and errors are printed anyway).
     #[arg(long, global = true, env = "REMOTE_TAGGER_LOG_LEVEL")]
     pub log_level: Option<String>,
+
+    /// Log format: text (for people) or json (one object a line, for log
+    /// pipelines).
+    #[arg(long, global = true, env = "REMOTE_TAGGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Also append logs to this file (`flare` includes its tail). Logs go
+    /// to stderr either way.
+    #[arg(long, global = true, env = "REMOTE_TAGGER_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +76,18 @@ pub enum Command {
     Watch(WatchArgs),
     /// Ask the server for one entity's tags (TaggerFetchEntity).
     Get(GetArgs),
+    /// Build a diagnostic archive for support (mirror, metrics, configuration,
+    /// version, recent logs) and optionally send it to Datadog.
+    Flare(FlareArgs),
+}
+
+/// Where to expose Prometheus metrics.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9101).
+    /// Off unless set.
+    #[arg(long, env = "REMOTE_TAGGER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +127,9 @@ pub struct ServeArgs {
     /// clear text and Datadog clients refuse it. For tests only.
     #[arg(long, env = "REMOTE_TAGGER_INSECURE_PLAINTEXT")]
     pub insecure_plaintext: bool,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// The embedded synthetic workload (a Kubernetes node, scaled).
@@ -183,16 +222,26 @@ pub struct ListArgs {
     #[command(flatten)]
     pub subscription: SubscriptionArgs,
 
+    #[command(flatten)]
+    pub sync: SyncWaitArgs,
+
     /// Print the Datadog `tagger-list` JSON instead of a table.
     #[arg(long, env = "REMOTE_TAGGER_JSON")]
     pub json: bool,
 
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+/// How long a one-shot command waits for a whole store.
+#[derive(Debug, Args, serde::Serialize)]
+pub struct SyncWaitArgs {
     /// Give up if the mirror is not synced within this many seconds.
     #[arg(long, env = "REMOTE_TAGGER_WAIT_SECS", default_value_t = 30)]
     pub wait_secs: u64,
 
-    /// Against a plain Datadog server (no end-of-snapshot marker), print once
-    /// the stream has been quiet this many milliseconds.
+    /// Against a plain Datadog server (no end-of-snapshot marker), take the
+    /// store once the stream has been quiet this many milliseconds.
     #[arg(long, env = "REMOTE_TAGGER_SETTLE_MS", default_value_t = 500)]
     pub settle_ms: u64,
 }
@@ -207,6 +256,9 @@ pub struct WatchArgs {
     /// Print one JSON object per change instead of text lines.
     #[arg(long, env = "REMOTE_TAGGER_JSON")]
     pub json: bool,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -223,10 +275,64 @@ pub struct GetArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct FlareArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub subscription: SubscriptionArgs,
+    #[command(flatten)]
+    pub sync: SyncWaitArgs,
+
+    /// Write the archive (tar.gz) here. Default: a timestamped file in the
+    /// system's temporary folder.
+    #[arg(long, env = "REMOTE_TAGGER_FLARE_OUTPUT")]
+    pub output: Option<PathBuf>,
+
+    /// Send the archive to this Datadog flare host, as the Datadog Agent does
+    /// (e.g. https://flare.datadoghq.com; /support/flare[/CASE_ID] is added).
+    #[arg(long, env = "REMOTE_TAGGER_FLARE_URL")]
+    pub send: Option<String>,
+
+    /// Support case the flare belongs to.
+    #[arg(long, env = "REMOTE_TAGGER_FLARE_CASE_ID")]
+    pub case_id: Option<String>,
+
+    /// Your email, for support to reach you.
+    #[arg(long, env = "REMOTE_TAGGER_FLARE_EMAIL")]
+    pub email: Option<String>,
+
+    /// Datadog API key for --send. Shown nowhere but its last 5 characters.
+    #[arg(long, env = "DD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
 fn parse_cardinality(value: &str) -> Result<Cardinality, String> {
     value
         .parse()
         .map_err(|e: remote_tagger::domain::DomainError| e.to_string())
+}
+
+impl MetricsArgs {
+    /// Starts the endpoint when `--metrics-listen` is set and says where on
+    /// stderr; it serves until the returned handle is dropped.
+    pub async fn spawn(
+        &self,
+        registry: impl FnOnce() -> prometheus_client::registry::Registry,
+    ) -> Result<Option<MetricsEndpoint>, String> {
+        let Some(addr) = self.metrics_listen else {
+            return Ok(None);
+        };
+        let endpoint = MetricsEndpoint::spawn(addr, registry())
+            .await
+            .map_err(|e| e.to_string())?;
+        eprintln!(
+            "remote-tagger: metrics on http://{}{}",
+            endpoint.local_addr(),
+            metrics::METRICS_PATH
+        );
+        Ok(Some(endpoint))
+    }
 }
 
 impl ConnectArgs {
@@ -273,9 +379,11 @@ impl ConnectArgs {
     }
 }
 
-pub fn init_logging(cli: &Cli) {
+/// Logs to stderr, and to `--log-file` too when set, in `--log-format`.
+/// Fails (one line) when the log file cannot be opened.
+pub fn init_logging(cli: &Cli) -> CliResult {
     let default_level = match cli.command {
-        Command::List(_) | Command::Watch(_) | Command::Get(_) => "error",
+        Command::List(_) | Command::Watch(_) | Command::Get(_) | Command::Flare(_) => "error",
         Command::Demo(_) => "warn",
         Command::Serve(_) => "info",
     };
@@ -283,21 +391,76 @@ pub fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let file_layer = match &cli.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    format!(
+                        "cannot open the log file {}: {e} (check --log-file)",
+                        path.display()
+                    )
+                })?;
+            Some(format_layer(cli.log_format, Arc::new(file), false))
+        }
+        None => None,
+    };
+    let stderr_layer = format_layer(
+        cli.log_format,
+        std::io::stderr,
+        std::io::stderr().is_terminal(),
+    );
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr_layer)
+        .with(file_layer)
+        .try_init()
+        .map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+fn format_layer<S, W>(
+    format: LogFormat,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn Layer<S> + Send + Sync + 'static>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    W: for<'writer> tracing_subscriber::fmt::MakeWriter<'writer> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer.json().boxed(),
+    }
+}
+
+/// The global logging flags, for the flare's configuration report.
+#[derive(Debug, serde::Serialize)]
+pub struct LoggingSettings {
+    pub log_level: Option<String>,
+    pub log_format: LogFormat,
+    pub log_file: Option<PathBuf>,
 }
 
 /// A command's failure, printed as one line.
 pub type CliResult = Result<(), String>;
 
 pub async fn run(cli: Cli) -> CliResult {
+    let logging = LoggingSettings {
+        log_level: cli.log_level,
+        log_format: cli.log_format,
+        log_file: cli.log_file,
+    };
     match cli.command {
         Command::Serve(args) => server_commands::serve(args).await,
         Command::Demo(args) => server_commands::demo(args).await,
         Command::List(args) => client_commands::list(args).await,
         Command::Watch(args) => client_commands::watch(args).await,
         Command::Get(args) => client_commands::get(args).await,
+        Command::Flare(args) => flare::flare(args, &logging).await,
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode, TlsSettings};
 use remote_tagger::core::Event;
 use remote_tagger::domain::Cardinality;
+use remote_tagger::metrics;
 use remote_tagger::mirror::ChangeKind;
 use remote_tagger::server::{self, ServeConfig, Server, Source};
 use tokio::time::Instant;
@@ -50,6 +51,10 @@ pub async fn serve(args: ServeArgs) -> CliResult {
             format!(", certificate {}", config.cert_file.display())
         },
     );
+    let _metrics = args
+        .metrics
+        .spawn(|| metrics::server_registry(server.store()))
+        .await?;
     server
         .run(shutdown_signal())
         .await

@@ -10,7 +10,7 @@ use tonic::Streaming;
 
 use super::transport::{self, BoxFuture, Dialer};
 use super::{ClientConfig, ClientStatus};
-use crate::core::{ClientCore, Command, ConnectionId, CoreConfig, Event};
+use crate::core::{ClientCore, Command, ConnectionId, ConnectionState, CoreConfig, Event};
 use crate::mirror::{MirrorReader, MirrorWriter};
 use crate::proto::model::{StreamTagsRequest, StreamTagsResponse};
 
@@ -25,7 +25,16 @@ pub(super) struct Driver {
     events: broadcast::Sender<Event>,
     status: watch::Sender<ClientStatus>,
     shutdown: watch::Receiver<bool>,
+    observed: Observed,
+}
+
+/// What the driver saw that the core does not keep: the status reports it.
+#[derive(Debug, Default)]
+struct Observed {
     last_error: Option<String>,
+    /// The delay announced by the last `ConnectionLost`.
+    retry_in: Option<std::time::Duration>,
+    last_message_at: Option<Instant>,
 }
 
 impl Driver {
@@ -38,7 +47,8 @@ impl Driver {
     ) -> Self {
         let core = ClientCore::new(now(), core_config, MirrorWriter::new());
         let mirror = core.mirror();
-        let (status, _) = watch::channel(status_of(&core, &mirror, None));
+        let observed = Observed::default();
+        let (status, _) = watch::channel(status_of(&core, &mirror, &observed));
         Self {
             core,
             mirror,
@@ -47,7 +57,7 @@ impl Driver {
             events,
             status,
             shutdown,
-            last_error: None,
+            observed,
         }
     }
 
@@ -75,7 +85,10 @@ impl Driver {
                 message = next_message(&mut stream) => {
                     let (id, message) = message;
                     match message {
-                        Ok(Some(response)) => self.core.handle_response(now(), id, response),
+                        Ok(Some(response)) => {
+                            self.observed.last_message_at = Some(Instant::now());
+                            self.core.handle_response(now(), id, response);
+                        }
                         Ok(None) => {
                             stream = None;
                             self.core.handle_stream_closed(now(), id, "server ended the stream");
@@ -153,18 +166,19 @@ impl Driver {
                     retry_in,
                 } => {
                     tracing::warn!(%id, retry_in = ?retry_in, "tagger stream lost: {reason}");
-                    self.last_error = Some(reason.clone());
+                    self.observed.last_error = Some(reason.clone());
+                    self.observed.retry_in = Some(*retry_in);
                 }
                 Event::Synced { resumed, entities } => {
                     tracing::info!(resumed, entities, "tagger mirror synced");
-                    self.last_error = None;
+                    self.observed.last_error = None;
                 }
                 Event::EntitiesChanged(_) => {}
             }
             // No subscriber is fine: the mirror is the source of truth.
             let _ = self.events.send(event);
         }
-        let status = status_of(&self.core, &self.mirror, self.last_error.clone());
+        let status = status_of(&self.core, &self.mirror, &self.observed);
         self.status.send_if_modified(|current| {
             let changed = *current != status;
             *current = status;
@@ -173,15 +187,20 @@ impl Driver {
     }
 }
 
-fn status_of(core: &ClientCore, mirror: &MirrorReader, last_error: Option<String>) -> ClientStatus {
+fn status_of(core: &ClientCore, mirror: &MirrorReader, observed: &Observed) -> ClientStatus {
+    let state = core.connection_state();
     ClientStatus {
-        state: core.connection_state(),
+        state,
         telemetry: core.telemetry().clone(),
         staged_entities: core.staged_entities(),
         mirrored_entities: mirror.len(),
         extension_aware: core.resume_point().is_some(),
         backoff_interval: core.backoff_interval(),
-        last_error,
+        retry_delay: observed
+            .retry_in
+            .filter(|_| state == ConnectionState::BackingOff),
+        last_message_at: observed.last_message_at,
+        last_error: observed.last_error.clone(),
     }
 }
 

@@ -109,6 +109,12 @@ pub struct ClientStatus {
     pub extension_aware: bool,
     /// The interval the next backoff delay is drawn around.
     pub backoff_interval: Duration,
+    /// While backing off: the delay drawn for this wait (the
+    /// `retry_in` of the last [`Event::ConnectionLost`]).
+    pub retry_delay: Option<Duration>,
+    /// When the last message (keep-alives included) arrived, on tokio's
+    /// clock; `None` before the first. Operators alert on its age.
+    pub last_message_at: Option<tokio::time::Instant>,
     /// The last error, if the connection is not healthy.
     pub last_error: Option<String>,
 }

@@ -20,6 +20,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{ClientConfig, ClientError};
+use crate::error_text::error_chain;
 use crate::proto::api::agent_secure_client::AgentSecureClient;
 
 /// A boxed future, as the dialer and connector return.
@@ -207,22 +208,6 @@ pub(crate) fn authorized<T>(message: T, token: &str) -> Result<tonic::Request<T>
 /// A gRPC status as one line: code and message.
 pub(crate) fn describe(status: &tonic::Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
-}
-
-/// An error with its causes, `a: b: c`, so "connection refused" is not lost.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // hyper repeats the io error's text in its own: keep it once.
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The tower connector tonic uses for one attempt: dial, then TLS if set.

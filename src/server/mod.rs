@@ -15,6 +15,7 @@
 
 mod auth;
 mod entities_file;
+mod health;
 mod hub;
 mod secret_file;
 mod service;
@@ -40,6 +41,7 @@ pub use entities_file::{
     EntitiesFileError, EntitiesFileLoadError, EntitiesFileWatcher, diff_entities,
     parse_entities_file,
 };
+pub use health::HEALTH_SERVICE_NAMES;
 pub use hub::StoreHandle;
 pub use service::{
     DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_SNAPSHOTS, DEFAULT_MAX_MESSAGE_SIZE,
@@ -52,6 +54,7 @@ pub use store::{
 };
 pub use tls::{CertFileError, GENERATED_CERT_NAMES, PemProblem, TlsIdentity};
 
+use crate::error_text::error_chain;
 use workload_source::WorkloadSource;
 
 /// The Datadog core agent's IPC port, on loopback only.
@@ -199,19 +202,6 @@ impl ServeError {
     }
 }
 
-/// An error with its causes, on one line: tonic's errors keep the useful
-/// part in their sources.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// How `serve_incoming` secures connections.
 #[derive(Debug, Clone)]
 pub enum Security {
@@ -220,8 +210,10 @@ pub enum Security {
     InsecurePlaintext,
 }
 
-/// Serves `service` over `incoming` connections until `shutdown` resolves.
-/// Then the service's store handle is closed for good (every stream ends,
+/// Serves `service` over `incoming` connections until `shutdown` resolves,
+/// with the standard gRPC health service (SERVING until the shutdown starts,
+/// then NOT_SERVING) and server reflection beside it; see the `health`
+/// module for why those need no token. Then the service's store handle is closed for good (every stream ends,
 /// clients see UNAVAILABLE and reconnect later; a restarted server needs a
 /// new store, hence a new epoch), no new connection is accepted, and open
 /// connections get the service's `shutdown_grace` to close before they are
@@ -253,9 +245,15 @@ where
     }
     let store = service.store().clone();
     let grace = service.config().shutdown_grace;
+    let (health, health_service) = health::Health::serving().await;
+    let (reflection_v1, reflection_v1alpha) = health::reflection_services()?;
     let (stop_accepting, stop_accepting_signal) = tokio::sync::oneshot::channel::<()>();
-    let server =
-        builder.serve_with_incoming_shutdown(service.into_server(), incoming, async move {
+    let server = builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(incoming, async move {
             // A dropped sender (serve_incoming itself dropped) stops too.
             let _ = stop_accepting_signal.await;
         });
@@ -265,6 +263,9 @@ where
         () = shutdown => {}
     }
     tracing::info!("tagger server shutting down: ending streams");
+    // First, so health watchers (load balancers, probes) move traffic away
+    // while the streams end.
+    health.not_serving().await;
     store.close();
     // The receiver lives inside `server`, which is still alive here.
     let _ = stop_accepting.send(());

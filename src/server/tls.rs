@@ -88,7 +88,7 @@ impl TlsIdentity {
         // rather than at the first connection.
         tonic::transport::Server::builder()
             .tls_config(identity.server_config())
-            .map_err(|e| PemProblem::Rejected(super::error_chain(&e)))?;
+            .map_err(|e| PemProblem::Rejected(crate::error_text::error_chain(&e)))?;
         Ok(identity)
     }
 
