@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode, TlsSettings};
-use remote_tagger::core::Event;
 use remote_tagger::domain::{Entity, EntityEvent, EntityId};
 use remote_tagger::server::{ServeConfig, Server, Source, StoreHandle, scan_host};
 
@@ -101,10 +100,10 @@ async fn bench_relay_delay() {
         let started = Instant::now();
         origin.apply([EntityEvent::Added(entity)]);
         // Done when the client's mirror holds this very change.
-        while !client
+        while client
             .mirror()
             .entity(id.as_str())
-            .is_some_and(|e| e.high == [tag.as_str()])
+            .is_none_or(|e| e.high != [tag.as_str()])
         {
             if let Err(error) = events.recv().await {
                 panic!("client events: {error}");

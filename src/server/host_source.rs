@@ -9,9 +9,10 @@
 //! line we do not understand is skipped and counted in [`ScanStats`], never
 //! fatal.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::io;
+use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -106,8 +107,10 @@ pub fn scan(root: &Path) -> (Vec<Entity>, ScanStats) {
     let mut entities = BTreeMap::new();
     let mut containers = BTreeMap::new();
 
+    let mut reader = FileReader::default();
     for pid in list_pids(&proc_root, &mut stats) {
-        match read_process(&proc_root.join(pid.to_string()), pid, &users, &mut stats) {
+        let dir = proc_root.join(pid.to_string());
+        match read_process(&dir, pid, &users, &mut reader, &mut stats) {
             Ok((entity, container)) => {
                 stats.processes += 1;
                 entities.insert(entity.id.clone(), entity);
@@ -171,31 +174,47 @@ fn read_users(passwd: &Path) -> HashMap<u32, String> {
         .collect()
 }
 
+/// Reads whole files into one reused buffer. `/proc` files report a size of
+/// 0, so sizing the buffer from their metadata first (as `fs::read` does)
+/// would only add a syscall per file.
+#[derive(Default)]
+struct FileReader {
+    buffer: Vec<u8>,
+}
+
+impl FileReader {
+    fn read(&mut self, path: &Path) -> io::Result<&[u8]> {
+        self.buffer.clear();
+        std::fs::File::open(path)?.read_to_end(&mut self.buffer)?;
+        Ok(&self.buffer)
+    }
+
+    fn read_text(&mut self, path: &Path) -> io::Result<Cow<'_, str>> {
+        Ok(String::from_utf8_lossy(self.read(path)?))
+    }
+}
+
 /// One process's entity and the container it runs in, if any.
 fn read_process(
     dir: &Path,
     pid: u32,
     users: &HashMap<u32, String>,
+    reader: &mut FileReader,
     stats: &mut ScanStats,
 ) -> Result<(Entity, Option<ContainerRef>), Skip> {
-    let comm = std::fs::read_to_string(dir.join("comm"))?;
-    let status = std::fs::read_to_string(dir.join("status"))?;
-    let cmdline = std::fs::read(dir.join("cmdline"))?;
-    let cgroup = std::fs::read_to_string(dir.join("cgroup"))?;
-    let uid = status_uid(&status).ok_or(Skip::Malformed)?;
-    let container = container_of(&cgroup, stats);
+    let comm = reader.read_text(&dir.join("comm"))?.trim_end().to_owned();
+    let uid = status_uid(&reader.read_text(&dir.join("status"))?).ok_or(Skip::Malformed)?;
+    let cmdline = cmdline_text(reader.read(&dir.join("cmdline"))?);
+    let container = container_of(&reader.read_text(&dir.join("cgroup"))?, stats);
 
     let id = EntityId::new("process", &pid.to_string()).map_err(|_| Skip::Malformed)?;
     let mut entity = Entity::new(id);
-    entity
-        .low
-        .push(format!("process_name:{}", comm.trim_end_matches('\n')));
+    entity.low.push(format!("process_name:{comm}"));
     entity.low.push(match users.get(&uid) {
         Some(name) => format!("user:{name}"),
         None => format!("user:{uid}"),
     });
     entity.high.push(format!("pid:{pid}"));
-    let cmdline = cmdline_text(&cmdline);
     if !cmdline.is_empty() {
         entity.high.push(format!("cmdline:{cmdline}"));
     }
