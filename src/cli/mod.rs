@@ -128,15 +128,15 @@ pub enum SourceKind {
 pub struct UpstreamArgs {
     /// Relay: mirror the tagger at HOST:PORT (ours or a Datadog Agent's) and
     /// serve its entities, so many consumers share one upstream stream.
-    #[arg(long = "upstream", env = "REMOTE_TAGGER_UPSTREAM")]
+    #[arg(id = "upstream", long = "upstream", env = "REMOTE_TAGGER_UPSTREAM")]
     pub target: Option<String>,
 
     /// Relay: the upstream's bearer token file.
-    #[arg(long = "upstream-auth-token-file", env = "REMOTE_TAGGER_UPSTREAM_AUTH_TOKEN_FILE", default_value_os_t = defaults::auth_token_file(), requires = "upstream")]
+    #[arg(id = "upstream_auth_token_file", long = "upstream-auth-token-file", env = "REMOTE_TAGGER_UPSTREAM_AUTH_TOKEN_FILE", default_value_os_t = defaults::auth_token_file(), requires = "upstream")]
     pub auth_token_file: PathBuf,
 
     /// Relay: the PEM file the upstream's certificate is verified against.
-    #[arg(long = "upstream-ca-file", env = "REMOTE_TAGGER_UPSTREAM_CA_FILE", default_value_os_t = defaults::cert_file(), requires = "upstream")]
+    #[arg(id = "upstream_ca_file", long = "upstream-ca-file", env = "REMOTE_TAGGER_UPSTREAM_CA_FILE", default_value_os_t = defaults::cert_file(), requires = "upstream")]
     pub ca_file: PathBuf,
 
     /// Relay: the name the upstream's certificate must be valid for.
@@ -377,5 +377,29 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::List(args) => client_commands::list(args).await,
         Command::Watch(args) => client_commands::watch(args).await,
         Command::Get(args) => client_commands::get(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// clap checks flag names, ids and references only at run time.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_sources_are_exclusive() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from([&["remote-tagger", "serve"], args].concat());
+        assert!(parse(&["--source", "workload"]).is_ok());
+        assert!(parse(&["--upstream", "127.0.0.1:5001"]).is_ok());
+        assert!(parse(&["--entities", "e.json", "--source", "host"]).is_err());
+        assert!(parse(&["--upstream", "127.0.0.1:5001", "--source", "host"]).is_err());
+        assert!(parse(&["--upstream-ca-file", "ca.pem"]).is_err());
     }
 }
