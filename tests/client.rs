@@ -8,27 +8,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{TestServer, entity, within};
-use remote_tagger::client::{self, ClientConfig, ClientStatus, RemoteTagger, TlsMode, TlsSettings};
+use common::{TestServer, client_config, entity, within};
+use remote_tagger::client::{self, ClientStatus, RemoteTagger, TlsMode};
 use remote_tagger::core::ConnectionState;
 use remote_tagger::domain::{Cardinality, EntityEvent, EntityId};
 use remote_tagger::server::Source;
 use remote_tagger::workload::{Workload, WorkloadConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-
-/// A client of `server` verifying its certificate, with fast retries.
-fn client_config(server: &TestServer, target: &str) -> ClientConfig {
-    let mut config = ClientConfig::new(target, server.dir.path().join("auth_token"));
-    config.tls = TlsSettings {
-        mode: TlsMode::Verify {
-            ca_file: server.cert_path(),
-        },
-        ..TlsSettings::default()
-    };
-    config.seed = Some(7);
-    config
-}
 
 async fn wait_status(tagger: &RemoteTagger, what: &str, done: impl Fn(&ClientStatus) -> bool) {
     let mut status = tagger.status();

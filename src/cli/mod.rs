@@ -66,7 +66,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a tagger server (TLS and a bearer token) on the embedded workload or an entities file.
+    /// Run a tagger server (TLS and a bearer token) on this host's processes and containers, the embedded workload, an entities file, or relaying another tagger.
     Serve(ServeArgs),
     /// Run a server and a client in one process on loopback: sync time, counts, live changes.
     Demo(DemoArgs),
@@ -108,9 +108,32 @@ pub struct ServeArgs {
 
     /// Serve the entities of this JSON file ([{"id": "container_id://abc",
     /// "low": [...], "orchestrator": [...], "high": [...], "standard": [...]}]),
-    /// re-read when it changes. Default: the embedded workload.
-    #[arg(long, env = "REMOTE_TAGGER_ENTITIES")]
+    /// re-read when it changes, instead of --source.
+    #[arg(long, env = "REMOTE_TAGGER_ENTITIES", conflicts_with_all = ["source", "upstream"])]
     pub entities: Option<PathBuf>,
+
+    /// What to serve: `host` (this machine's processes, containers and pods,
+    /// read from /proc) or `workload` (a generated Kubernetes node)
+    /// [default: host on Linux, workload elsewhere].
+    #[arg(
+        long,
+        env = "REMOTE_TAGGER_SOURCE",
+        value_enum,
+        conflicts_with = "upstream"
+    )]
+    pub source: Option<SourceKind>,
+
+    /// Host source: the directory holding the `proc` and `etc/passwd` to read
+    /// (a container's view of its host's root, mounted, works too).
+    #[arg(long, env = "REMOTE_TAGGER_HOST_ROOT", default_value = "/")]
+    pub host_root: PathBuf,
+
+    /// Host source: milliseconds between two scans.
+    #[arg(long, env = "REMOTE_TAGGER_HOST_SCAN_INTERVAL_MS", default_value_t = server::DEFAULT_HOST_SCAN_INTERVAL.as_millis() as u64)]
+    pub host_scan_interval_ms: u64,
+
+    #[command(flatten)]
+    pub upstream: UpstreamArgs,
 
     #[command(flatten)]
     pub workload: WorkloadArgs,
@@ -130,6 +153,61 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub metrics: MetricsArgs,
+}
+
+/// The generated sources `serve --source` picks from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    Host,
+    Workload,
+}
+
+/// Relay: serve the mirror of another tagger.
+#[derive(Debug, Args)]
+pub struct UpstreamArgs {
+    /// Relay: mirror the tagger at HOST:PORT (ours or a Datadog Agent's) and
+    /// serve its entities, so many consumers share one upstream stream.
+    #[arg(id = "upstream", long = "upstream", env = "REMOTE_TAGGER_UPSTREAM")]
+    pub target: Option<String>,
+
+    /// Relay: the upstream's bearer token file.
+    #[arg(id = "upstream_auth_token_file", long = "upstream-auth-token-file", env = "REMOTE_TAGGER_UPSTREAM_AUTH_TOKEN_FILE", default_value_os_t = defaults::auth_token_file(), requires = "upstream")]
+    pub auth_token_file: PathBuf,
+
+    /// Relay: the PEM file the upstream's certificate is verified against.
+    #[arg(id = "upstream_ca_file", long = "upstream-ca-file", env = "REMOTE_TAGGER_UPSTREAM_CA_FILE", default_value_os_t = defaults::cert_file(), requires = "upstream")]
+    pub ca_file: PathBuf,
+
+    /// Relay: the name the upstream's certificate must be valid for.
+    #[arg(
+        long = "upstream-server-name",
+        env = "REMOTE_TAGGER_UPSTREAM_SERVER_NAME",
+        default_value = "localhost",
+        requires = "upstream"
+    )]
+    pub server_name: String,
+}
+
+impl UpstreamArgs {
+    /// The client configuration of the relay, if relaying.
+    pub fn client_config(&self) -> Result<Option<ClientConfig>, String> {
+        let Some(target) = &self.target else {
+            return Ok(None);
+        };
+        let connect = ConnectArgs {
+            target: target.clone(),
+            auth_token_file: self.auth_token_file.clone(),
+            ca_file: self.ca_file.clone(),
+            server_name: self.server_name.clone(),
+            client_cert_file: None,
+            insecure_skip_verify: false,
+            insecure_plaintext: false,
+        };
+        connect
+            .client_config(None)
+            .map(Some)
+            .map_err(|e| format!("--upstream-ca-file: {e}"))
+    }
 }
 
 /// The embedded synthetic workload (a Kubernetes node, scaled).
@@ -462,5 +540,29 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Watch(args) => client_commands::watch(args).await,
         Command::Get(args) => client_commands::get(args).await,
         Command::Flare(args) => flare::flare(args, &logging).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// clap checks flag names, ids and references only at run time.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_sources_are_exclusive() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from([&["remote-tagger", "serve"], args].concat());
+        assert!(parse(&["--source", "workload"]).is_ok());
+        assert!(parse(&["--upstream", "127.0.0.1:5001"]).is_ok());
+        assert!(parse(&["--entities", "e.json", "--source", "host"]).is_err());
+        assert!(parse(&["--upstream", "127.0.0.1:5001", "--source", "host"]).is_err());
+        assert!(parse(&["--upstream-ca-file", "ca.pem"]).is_err());
     }
 }

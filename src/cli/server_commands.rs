@@ -12,17 +12,30 @@ use remote_tagger::mirror::ChangeKind;
 use remote_tagger::server::{self, ServeConfig, Server, Source};
 use tokio::time::Instant;
 
-use super::{CliResult, DemoArgs, ServeArgs, WorkloadArgs};
+use super::{CliResult, DemoArgs, ServeArgs, SourceKind, WorkloadArgs};
 
 pub async fn serve(args: ServeArgs) -> CliResult {
     let mut config = ServeConfig::new(args.auth_token_file, args.cert_file);
     config.listen = args.listen;
-    config.source = match args.entities {
-        Some(path) => Source::EntitiesFile(path),
-        None => args.workload.source(
+    let host = || Source::Host {
+        root: args.host_root.clone(),
+        interval: Duration::from_millis(args.host_scan_interval_ms),
+    };
+    let workload = || {
+        args.workload.source(
             server::DEFAULT_WORKLOAD_ENTITIES,
             server::DEFAULT_CHURN_PER_SEC,
-        ),
+        )
+    };
+    config.source = match (args.upstream.client_config()?, &args.entities, args.source) {
+        (Some(upstream), _, _) => Source::Upstream(Box::new(upstream)),
+        (None, Some(path), _) => Source::EntitiesFile(path.clone()),
+        (None, None, Some(SourceKind::Host)) => host(),
+        (None, None, Some(SourceKind::Workload)) => workload(),
+        (None, None, None) => match Source::default() {
+            Source::Host { .. } => host(),
+            _ => workload(),
+        },
     };
     if args.insecure_plaintext {
         eprintln!(

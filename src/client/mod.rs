@@ -39,7 +39,7 @@ use crate::proto::model::FetchEntityRequest;
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
 /// Everything the client needs to mirror one server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
     /// `host:port` of the tagger server (a Datadog Agent listens on 5001).
     pub target: String,

@@ -134,6 +134,17 @@ impl StoreHandle {
         self.state().store.get(id).cloned()
     }
 
+    /// Every entity of the store now (full cardinality), for sources that
+    /// reconcile against it.
+    pub fn entities(&self) -> Vec<Entity> {
+        let snapshot = self.state().store.snapshot(&PrefixFilter::all());
+        snapshot
+            .entities
+            .iter()
+            .map(|entity| Entity::clone(entity))
+            .collect()
+    }
+
     /// The identity of the store instance behind this handle.
     pub fn epoch(&self) -> super::store::Epoch {
         self.state().store.epoch().clone()

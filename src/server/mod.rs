@@ -16,7 +16,9 @@
 mod auth;
 mod entities_file;
 mod health;
+mod host_source;
 mod hub;
+mod relay_source;
 mod secret_file;
 mod service;
 mod stats;
@@ -42,6 +44,7 @@ pub use entities_file::{
     parse_entities_file,
 };
 pub use health::HEALTH_SERVICE_NAMES;
+pub use host_source::{CMDLINE_TAG_MAX_BYTES, ScanStats, scan as scan_host};
 pub use hub::StoreHandle;
 pub use service::{
     DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_SNAPSHOTS, DEFAULT_MAX_MESSAGE_SIZE,
@@ -55,13 +58,20 @@ pub use store::{
 pub use tls::{CertFileError, GENERATED_CERT_NAMES, PemProblem, TlsIdentity};
 
 use crate::error_text::error_chain;
+use host_source::HostSource;
+use relay_source::RelaySource;
 use workload_source::WorkloadSource;
+
+use crate::client::ClientConfig;
 
 /// The Datadog core agent's IPC port, on loopback only.
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5001);
 pub const DEFAULT_CHANGE_LOG_CAPACITY: usize = 10_000;
 pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the host source re-scans `/proc`: processes come and go fast,
+/// and a scan of a thousand processes costs milliseconds.
+pub const DEFAULT_HOST_SCAN_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_WORKLOAD_ENTITIES: usize = 1_000;
 pub const DEFAULT_WORKLOAD_SEED: u64 = 1;
 pub const DEFAULT_CHURN_PER_SEC: f64 = 10.0;
@@ -84,14 +94,40 @@ pub enum Source {
     },
     /// A JSON entities file (see [`parse_entities_file`]), re-read when it changes.
     EntitiesFile(PathBuf),
+    /// The processes, containers and pods of the host whose `/proc` is under
+    /// `root` (`/` for this machine), re-scanned every `interval` (see
+    /// [`scan_host`]).
+    Host { root: PathBuf, interval: Duration },
+    /// Relay: mirror another tagger and serve its entities.
+    Upstream(Box<ClientConfig>),
 }
 
-impl Default for Source {
-    fn default() -> Self {
+impl Source {
+    /// The host source on this machine, scanned at the default interval.
+    pub fn this_host() -> Self {
+        Self::Host {
+            root: PathBuf::from("/"),
+            interval: DEFAULT_HOST_SCAN_INTERVAL,
+        }
+    }
+
+    /// The built-in synthetic workload with the default size and churn.
+    pub fn default_workload() -> Self {
         Self::Workload {
             entities: DEFAULT_WORKLOAD_ENTITIES,
             seed: DEFAULT_WORKLOAD_SEED,
             churn_per_sec: DEFAULT_CHURN_PER_SEC,
+        }
+    }
+}
+
+/// The host where there is a `/proc` to read (Linux), else the workload.
+impl Default for Source {
+    fn default() -> Self {
+        if cfg!(target_os = "linux") {
+            Self::this_host()
+        } else {
+            Self::default_workload()
         }
     }
 }
@@ -125,8 +161,8 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// The defaults of the spec (Datadog's constants, TLS on, the built-in
-    /// workload) with the two secret files, which have no safe default.
+    /// The defaults of the spec (Datadog's constants, TLS on, the host source
+    /// on Linux) with the two secret files, which have no safe default.
     pub fn new(auth_token_file: impl Into<PathBuf>, cert_file: impl Into<PathBuf>) -> Self {
         Self {
             listen: DEFAULT_LISTEN,
@@ -148,6 +184,11 @@ impl ServeConfig {
             return invalid(format!(
                 "churn rate {churn_per_sec} events/s is out of range (0 to {MAX_CHURN_PER_SEC})"
             ));
+        }
+        if let Source::Host { interval, .. } = self.source
+            && interval.is_zero()
+        {
+            return invalid("the host scan interval must be longer than zero".to_owned());
         }
         let service = &self.service;
         for (name, duration) in [
@@ -181,6 +222,8 @@ pub enum ServeError {
     Certificate(#[from] CertFileError),
     #[error(transparent)]
     EntitiesFile(#[from] EntitiesFileLoadError),
+    #[error("upstream tagger: {0}")]
+    Upstream(#[from] crate::client::ClientError),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("cannot get random bytes from the operating system: {0}")]
@@ -285,6 +328,8 @@ where
 enum RunningSource {
     Workload(WorkloadSource),
     EntitiesFile(EntitiesFileWatcher, Duration),
+    Host(HostSource),
+    Relay(RelaySource),
 }
 
 impl RunningSource {
@@ -292,6 +337,8 @@ impl RunningSource {
         match self {
             Self::Workload(source) => source.run(store).await,
             Self::EntitiesFile(watcher, interval) => watcher.run(store, interval).await,
+            Self::Host(source) => source.run(store).await,
+            Self::Relay(source) => source.run(store).await,
         }
     }
 }
@@ -340,6 +387,18 @@ impl Server {
                     initial,
                 )
             }
+            Source::Host { root, interval } => {
+                // The first scan reads thousands of small files: not on the reactor.
+                let (source, initial) =
+                    tokio::task::spawn_blocking(move || HostSource::new(root, interval))
+                        .await
+                        .map_err(|e| ServeError::Config(format!("host scan failed: {e}")))?;
+                (RunningSource::Host(source), initial)
+            }
+            Source::Upstream(client) => (
+                RunningSource::Relay(RelaySource::start(*client)?),
+                Vec::new(),
+            ),
         };
         store.apply(initial);
         tracing::info!(

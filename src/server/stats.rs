@@ -1,7 +1,7 @@
 //! Server telemetry as plain atomic counters; exposition (Prometheus) is left
 //! to the caller, which reads a [`ServerStats`] snapshot.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::domain::Cardinality;
 
@@ -36,6 +36,15 @@ pub struct ServerStats {
     /// Source problems reported (an entities file turned unreadable or
     /// invalid; the last good state is kept).
     pub source_errors: u64,
+    /// Items a source skipped (the host source: processes that exited
+    /// mid-read, unreadable files, malformed lines), summed over its scans.
+    pub source_skipped: u64,
+    /// Relay only (`serve --upstream`): the upstream stream is open. While
+    /// it is not, the last mirrored state keeps being served.
+    pub upstream_connected: bool,
+    /// Relay only: the store reflects the upstream (synced, not merely
+    /// connected).
+    pub upstream_synced: bool,
     /// Current store revision (gauge).
     pub store_revision: u64,
     /// Entities in the store (gauge).
@@ -76,12 +85,19 @@ pub(crate) struct Telemetry {
     pub subscribers_evicted: AtomicU64,
     pub auth_failures: AtomicU64,
     pub source_errors: AtomicU64,
+    pub source_skipped: AtomicU64,
+    pub upstream_connected: AtomicBool,
+    pub upstream_synced: AtomicBool,
 }
 
 /// Counter increments need no ordering with other memory: readers only want
 /// eventually consistent numbers.
 pub(crate) fn increment(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+    add(counter, 1);
+}
+
+pub(crate) fn add(counter: &AtomicU64, amount: usize) {
+    counter.fetch_add(amount as u64, Ordering::Relaxed);
 }
 
 impl Telemetry {
@@ -114,6 +130,9 @@ impl Telemetry {
             subscribers_evicted: get(&self.subscribers_evicted),
             auth_failures: get(&self.auth_failures),
             source_errors: get(&self.source_errors),
+            source_skipped: get(&self.source_skipped),
+            upstream_connected: self.upstream_connected.load(Ordering::Relaxed),
+            upstream_synced: self.upstream_synced.load(Ordering::Relaxed),
             store_revision,
             store_entities,
         }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use remote_tagger::client::{ClientConfig, TlsMode, TlsSettings};
 use remote_tagger::domain::{Entity, EntityId};
 use remote_tagger::server::{ServeConfig, ServeError, Server, ServerStats, Source, StoreHandle};
 use tokio::sync::oneshot;
@@ -105,4 +106,18 @@ pub fn entity(id: &str, low: &[&str], orchestrator: &[&str], high: &[&str]) -> E
         high: tags(high),
         standard: vec!["service:web".into()],
     }
+}
+
+/// A client of `server` at `target` verifying its certificate, with a fixed
+/// jitter seed.
+pub fn client_config(server: &TestServer, target: &str) -> ClientConfig {
+    let mut config = ClientConfig::new(target, server.dir.path().join("auth_token"));
+    config.tls = TlsSettings {
+        mode: TlsMode::Verify {
+            ca_file: server.cert_path(),
+        },
+        ..TlsSettings::default()
+    };
+    config.seed = Some(7);
+    config
 }
