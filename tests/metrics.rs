@@ -145,10 +145,17 @@ async fn server_and_client_metrics_are_exposed_and_move_with_activity() {
         "tagger_server_snapshots_waiting",
         "tagger_server_auth_failures_total",
         "tagger_server_source_errors_total",
+        "tagger_server_source_skipped_total",
         "tagger_server_store_revision",
     ] {
         value(&server_before, series);
     }
+    // Not a relay: no upstream to be connected to.
+    assert_eq!(
+        value(&server_before, "tagger_server_upstream_connected"),
+        0.0
+    );
+    assert_eq!(value(&server_before, "tagger_server_upstream_synced"), 0.0);
 
     // Activity: queries on the mirror, a new entity through the server.
     let mirror = tagger.mirror();

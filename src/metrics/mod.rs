@@ -291,6 +291,24 @@ impl Collector for ServerCollector {
             "Source problems (an unreadable or invalid entities file; the last good state is kept).",
             stats.source_errors,
         )?;
+        counter(
+            e,
+            "tagger_server_source_skipped",
+            "Host-source items skipped (a process that vanished mid-read, an unreadable or malformed file).",
+            stats.source_skipped,
+        )?;
+        gauge(
+            e,
+            "tagger_server_upstream_connected",
+            "Relay only: 1 while the stream from the upstream tagger is open.",
+            u64::from(stats.upstream_connected),
+        )?;
+        gauge(
+            e,
+            "tagger_server_upstream_synced",
+            "Relay only: 1 while the relayed store is synced with the upstream (0: serving its last mirror).",
+            u64::from(stats.upstream_synced),
+        )?;
         gauge(
             e,
             "tagger_server_store_revision",
