@@ -53,6 +53,10 @@ struct Args {
     /// Print one line per seed of a sweep.
     #[arg(long)]
     verbose: bool,
+    /// With --seed: print the whole application-level trace (and, if a
+    /// replay differs, where).
+    #[arg(long)]
+    trace: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,6 +107,8 @@ pub struct TierScenario {
 pub struct SeedOutcome {
     /// Stable hash of the application-level trace (events with simulated times).
     pub trace_hash: u64,
+    /// The trace itself: events, faults and commands with simulated times.
+    pub trace: Vec<String>,
     /// Simulated time the run covered.
     pub simulated: Duration,
     /// A human summary for `--verbose`.
@@ -167,7 +173,7 @@ fn main() -> ExitCode {
         }
     };
     match (args.seed, args.seeds.clone()) {
-        (Some(seed), _) => run_one(args.tier, pick(seed), seed),
+        (Some(seed), _) => run_one(args.tier, pick(seed), seed, args.trace),
         (None, Some(range)) => sweep(&args, range, &pick),
         (None, None) => unreachable!("clap requires --seed, --seeds or --list"),
     }
@@ -207,7 +213,7 @@ fn fail(tier: Tier, scenario: &str, seed: u64, what: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn run_one(tier: Tier, scenario: &'static str, seed: u64) -> ExitCode {
+fn run_one(tier: Tier, scenario: &'static str, seed: u64, print_trace: bool) -> ExitCode {
     let started = Instant::now();
     let first = match run_guarded(tier, scenario, seed) {
         Ok(outcome) => outcome,
@@ -218,10 +224,22 @@ fn run_one(tier: Tier, scenario: &'static str, seed: u64) -> ExitCode {
         Ok(outcome) => outcome,
         Err(what) => return fail(tier, scenario, seed, &format!("on replay: {what}")),
     };
+    if print_trace {
+        first.trace.iter().for_each(|line| println!("{line}"));
+    }
     if again.trace_hash != first.trace_hash {
+        let diverged = first
+            .trace
+            .iter()
+            .zip(&again.trace)
+            .position(|(a, b)| a != b)
+            .unwrap_or(first.trace.len().min(again.trace.len()));
         let what = format!(
-            "not deterministic: trace {:016x}, then {:016x} on replay",
-            first.trace_hash, again.trace_hash
+            "not deterministic: trace {:016x}, then {:016x} on replay; they diverge at line {diverged}:\n  first:  {}\n  replay: {}",
+            first.trace_hash,
+            again.trace_hash,
+            first.trace.get(diverged).map_or("(end)", String::as_str),
+            again.trace.get(diverged).map_or("(end)", String::as_str),
         );
         return fail(tier, scenario, seed, &what);
     }

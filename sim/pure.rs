@@ -30,7 +30,8 @@ pub fn run(name: &str, seed: u64) -> Result<SeedOutcome, String> {
             outcome.liveness_bound.as_secs_f64(),
             outcome.snapshots_sent,
             outcome.resumes_sent,
-            outcome.trace_len
+            outcome.trace.len()
         ),
+        trace: outcome.trace,
     })
 }

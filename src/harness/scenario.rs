@@ -132,8 +132,8 @@ pub struct Schedule {
 pub struct Outcome {
     /// Stable hash of the application-level trace (see [`trace_hash`]).
     pub trace_hash: u64,
-    /// Trace lines: ops, network events, commands, events, timers.
-    pub trace_len: usize,
+    /// The trace: ops, network events, commands, events, timers.
+    pub trace: Vec<String>,
     /// Simulated time from start to convergence.
     pub simulated: Duration,
     /// From the heal to convergence, and the bound it must stay within.
@@ -248,7 +248,7 @@ impl Schedule {
         let server = harness.server();
         let outcome = Outcome {
             trace_hash: trace_hash(harness.trace()),
-            trace_len: harness.trace().len(),
+            trace: harness.trace().to_vec(),
             simulated: harness.elapsed(),
             time_to_converge: harness.now() - healed,
             liveness_bound: bound,
