@@ -39,7 +39,7 @@ use net::{ConnectionCount, ReadGate, TurmoilDialer};
 use schedule::{Fault, Scenario, Schedule};
 
 /// turmoil's time step: timers fire and messages land on multiples of it.
-const TICK: Duration = Duration::from_millis(1);
+const TICK: Duration = Duration::from_millis(5);
 const SERVER: &str = "server";
 const PORT: u16 = 5001;
 const WORKLOAD_ENTITIES: usize = 150;
@@ -179,6 +179,8 @@ struct Probe {
     status: watch::Receiver<ClientStatus>,
     /// Events seen so far; when it moves, the mirror may have changed.
     events: u64,
+    /// Until the first sync the mirror is empty, which the store may never be.
+    synced_once: bool,
 }
 
 /// The application-level trace. Hosts run one after another within a tick,
@@ -506,7 +508,7 @@ impl<'a> Run<'a> {
         }
         for (index, probe) in self.shared.probes.iter().enumerate() {
             let probe = probe.borrow();
-            let Some(probe) = probe.as_ref() else {
+            let Some(probe) = probe.as_ref().filter(|probe| probe.synced_once) else {
                 continue;
             };
             if probe.events == self.checked_events[index] {
@@ -667,6 +669,7 @@ async fn client_software(
         mirror: tagger.mirror(),
         status: tagger.status(),
         events: 0,
+        synced_once: false,
     });
     let mut stop = shared.stop.subscribe();
     let mut receives = 0;
@@ -693,6 +696,7 @@ async fn client_software(
                 let now = tokio::time::Instant::now();
                 if let Some(probe) = shared.probes[index].borrow_mut().as_mut() {
                     probe.events += 1;
+                    probe.synced_once |= matches!(event, Event::Synced { .. });
                 }
                 match &event {
                     Event::ConnectionLost { retry_in, reason, .. } => {
