@@ -123,28 +123,70 @@ impl std::str::FromStr for Cardinality {
     }
 }
 
+/// Whether `prefix` is one of [`KNOWN_PREFIXES`] (a `match`, not a scan:
+/// this runs for every event received).
+fn is_known_prefix(prefix: &str) -> bool {
+    matches!(
+        prefix,
+        "container_id"
+            | "container_image_metadata"
+            | "ecs_task"
+            | "host"
+            | "deployment"
+            | "kubernetes_metadata"
+            | "kubernetes_pod_uid"
+            | "process"
+            | "internal"
+            | "gpu"
+    )
+}
+
 /// An entity's identity, `prefix://uid`, with a known prefix and a non-empty
-/// uid. Cheap to clone (one shared allocation).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// uid. Cheap to clone (one shared allocation); the prefix length is kept so
+/// splitting never searches.
+#[derive(Clone)]
 pub struct EntityId {
     text: Arc<str>,
+    prefix_len: u8,
+}
+
+// Identity is the text alone (the prefix length follows from it), and must
+// hash and compare like `str` for `Borrow<str>` lookups.
+impl PartialEq for EntityId {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for EntityId {}
+
+impl PartialOrd for EntityId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for EntityId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl std::hash::Hash for EntityId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
 }
 
 impl EntityId {
     /// Builds an id from its parts, validating both.
     pub fn new(prefix: &str, uid: &str) -> Result<Self, DomainError> {
-        if prefix.is_empty() {
-            return Err(DomainError::EmptyPrefix);
-        }
-        if !KNOWN_PREFIXES.contains(&prefix) {
-            return Err(DomainError::UnknownPrefix(prefix.to_owned()));
-        }
-        if uid.is_empty() {
-            return Err(DomainError::EmptyUid(prefix.to_owned()));
-        }
-        Ok(Self {
-            text: format!("{prefix}{ID_SEPARATOR}{uid}").into(),
-        })
+        Self::validate(prefix, uid)?;
+        let mut text = String::with_capacity(prefix.len() + ID_SEPARATOR.len() + uid.len());
+        text.push_str(prefix);
+        text.push_str(ID_SEPARATOR);
+        text.push_str(uid);
+        Ok(Self::from_valid(text.as_str(), prefix.len()))
     }
 
     /// Parses the text form `prefix://uid`.
@@ -152,7 +194,28 @@ impl EntityId {
         let (prefix, uid) = text
             .split_once(ID_SEPARATOR)
             .ok_or_else(|| DomainError::MalformedId(text.to_owned()))?;
-        Self::new(prefix, uid)
+        Self::validate(prefix, uid)?;
+        Ok(Self::from_valid(text, prefix.len()))
+    }
+
+    fn validate(prefix: &str, uid: &str) -> Result<(), DomainError> {
+        if prefix.is_empty() {
+            return Err(DomainError::EmptyPrefix);
+        }
+        if !is_known_prefix(prefix) {
+            return Err(DomainError::UnknownPrefix(prefix.to_owned()));
+        }
+        if uid.is_empty() {
+            return Err(DomainError::EmptyUid(prefix.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn from_valid(text: &str, prefix_len: usize) -> Self {
+        Self {
+            text: Arc::from(text),
+            prefix_len: u8::try_from(prefix_len).expect("known prefixes are short"),
+        }
     }
 
     /// The text form, `prefix://uid`.
@@ -161,24 +224,17 @@ impl EntityId {
     }
 
     pub fn prefix(&self) -> &str {
-        self.split().0
+        &self.text[..usize::from(self.prefix_len)]
     }
 
     pub fn uid(&self) -> &str {
-        self.split().1
-    }
-
-    fn split(&self) -> (&str, &str) {
-        self.text
-            .split_once(ID_SEPARATOR)
-            .expect("an EntityId always holds the separator")
+        &self.text[usize::from(self.prefix_len) + ID_SEPARATOR.len()..]
     }
 
     pub fn to_proto(&self) -> pb::EntityId {
-        let (prefix, uid) = self.split();
         pb::EntityId {
-            prefix: prefix.to_owned(),
-            uid: uid.to_owned(),
+            prefix: self.prefix().to_owned(),
+            uid: self.uid().to_owned(),
         }
     }
 
@@ -254,11 +310,23 @@ impl Entity {
     }
 
     pub fn to_proto(&self) -> pb::Entity {
+        self.to_proto_reduced(Cardinality::High)
+    }
+
+    /// The wire form of [`reduced`](Self::reduced), copying each kept tag once.
+    pub fn to_proto_reduced(&self, cardinality: Cardinality) -> pb::Entity {
+        let kept = |wanted: Cardinality, tags: &Vec<String>| {
+            if cardinality >= wanted {
+                tags.clone()
+            } else {
+                Vec::new()
+            }
+        };
         pb::Entity {
             id: Some(self.id.to_proto()),
             hash: String::new(),
-            high_cardinality_tags: self.high.clone(),
-            orchestrator_cardinality_tags: self.orchestrator.clone(),
+            high_cardinality_tags: kept(Cardinality::High, &self.high),
+            orchestrator_cardinality_tags: kept(Cardinality::Orchestrator, &self.orchestrator),
             low_cardinality_tags: self.low.clone(),
             standard_tags: self.standard.clone(),
         }
@@ -297,10 +365,10 @@ impl EntityEvent {
     /// The wire form of this event as a subscriber of `cardinality` sees it.
     pub fn to_proto(&self, cardinality: Cardinality) -> pb::StreamTagsEvent {
         let (kind, entity) = match self {
-            Self::Added(entity) => (pb::EventType::Added, entity.reduced(cardinality).to_proto()),
+            Self::Added(entity) => (pb::EventType::Added, entity.to_proto_reduced(cardinality)),
             Self::Modified(entity) => (
                 pb::EventType::Modified,
-                entity.reduced(cardinality).to_proto(),
+                entity.to_proto_reduced(cardinality),
             ),
             Self::Deleted(id) => (
                 pb::EventType::Deleted,
@@ -375,6 +443,9 @@ mod tests {
         );
         // A uid may itself hold the separator: only the first one splits.
         assert_eq!(EntityId::parse("host://a://b").unwrap().uid(), "a://b");
+        for prefix in KNOWN_PREFIXES {
+            assert!(is_known_prefix(prefix), "{prefix} is in both lists");
+        }
     }
 
     #[test]
@@ -448,6 +519,9 @@ mod tests {
         let low = entity.reduced(Cardinality::Low);
         assert!(low.orchestrator.is_empty() && low.high.is_empty());
         assert_eq!(low.standard, ["s"]);
+        for c in Cardinality::ALL {
+            assert_eq!(entity.to_proto_reduced(c), entity.reduced(c).to_proto());
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod proto {
 
 pub mod client;
 pub mod core;
+pub mod defaults;
 pub mod domain;
 pub mod harness;
 pub mod mirror;

@@ -36,6 +36,14 @@ impl Client {
         (client, id)
     }
 
+    /// A connected client that completed a snapshot of process://1 and 2.
+    fn synced_on_two_entities_at_revision_9() -> (Self, ConnectionId) {
+        let (mut client, id) = Self::connected();
+        let snapshot = vec![added("process://1", &["a"]), added("process://2", &["b"])];
+        client.respond(id, ours(snapshot, 9, true));
+        (client, id)
+    }
+
     fn commands(&mut self) -> Vec<Command> {
         std::iter::from_fn(|| self.core.poll_command()).collect()
     }
@@ -324,15 +332,7 @@ fn mirror_survives_disconnects() {
 
 #[test]
 fn reconnect_asks_to_resume_and_applies_deltas_when_resumed() {
-    let (mut client, id) = Client::connected();
-    client.respond(
-        id,
-        ours(
-            vec![added("process://1", &["a"]), added("process://2", &["b"])],
-            9,
-            true,
-        ),
-    );
+    let (mut client, id) = Client::synced_on_two_entities_at_revision_9();
     client.core.handle_stream_closed(client.now, id, "reset");
     let retry_in = lost_retry_in(&client.events());
     client.advance(retry_in);
@@ -363,15 +363,7 @@ fn reconnect_asks_to_resume_and_applies_deltas_when_resumed() {
 
 #[test]
 fn refused_resume_gets_a_fresh_snapshot_that_drops_entities_deleted_meanwhile() {
-    let (mut client, id) = Client::connected();
-    client.respond(
-        id,
-        ours(
-            vec![added("process://1", &["a"]), added("process://2", &["b"])],
-            9,
-            true,
-        ),
-    );
+    let (mut client, id) = Client::synced_on_two_entities_at_revision_9();
     let (_, id) = client.reconnect(id);
     let mut fresh = ours(vec![added("process://1", &["a2"])], 40, true);
     fresh.server_epoch = "epoch-b".into();

@@ -198,7 +198,8 @@ fn tags_follow_cardinality_order_without_dedupe() {
     let high = reader.tags("container_id://c1", Cardinality::High);
     assert_eq!(high, ["l", "x", "o", "h", "x"]);
     assert_eq!(high.get(3), Some("h"));
-    assert_eq!(high.iter().next_back(), Some("x"));
+    assert_eq!(high.iter().last(), Some("x"));
+    assert_eq!(high.iter().len(), 5);
     assert_eq!(high.to_vec(), ["l", "x", "o", "h", "x"]);
     assert_eq!(
         reader.tags("container_id://c1", Cardinality::Orchestrator),
@@ -270,7 +271,7 @@ fn interner_sweep_frees_unreferenced_strings() {
     let entities: Vec<Entity> = ids
         .iter()
         .zip(&unique_tags)
-        .map(|(id, tag)| entity(id, &["env:prod"], &[tag]))
+        .map(|(id, tag)| entity(id, &["env:prod", tag], &["high:inline"]))
         .collect();
     writer.replace_all(entities);
     assert_eq!(writer.interned_strings(), 2001);
@@ -284,7 +285,7 @@ fn interner_sweep_frees_unreferenced_strings() {
         2,
         "only the held view's strings stay"
     );
-    assert_eq!(held, ["env:prod", "container_name:c7"]);
+    assert_eq!(held, ["env:prod", "container_name:c7", "high:inline"]);
     drop(held);
     writer.replace_all(Vec::new());
     assert_eq!(writer.interned_strings(), 0);
@@ -295,7 +296,7 @@ fn interner_sweep_frees_unreferenced_strings() {
         let added = (0..1000)
             .map(|i| {
                 let tag = format!("pod_name:p{round}-{i}");
-                EntityEvent::Added(entity(&ids[i], &["env:prod"], &[&tag]))
+                EntityEvent::Added(entity(&ids[i], &["env:prod", &tag], &[]))
             })
             .collect();
         writer.apply(added);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use remote_tagger::client::{ClientConfig, ClientStatus, RemoteTagger};
+use remote_tagger::client::{ClientConfig, ClientStatus, RemoteTagger, TlsMode};
 use remote_tagger::core::{BackoffConfig, CoreConfig, Event};
 use remote_tagger::domain::{Cardinality, EntityEvent};
 use remote_tagger::mirror::MirrorReader;
@@ -600,6 +600,8 @@ fn client_config(
 ) -> ClientConfig {
     let t = &TIMINGS;
     let mut config = ClientConfig::new(format!("{SERVER}:{PORT}"), token_file);
+    // The server serves plaintext in simulation: no certificate to verify.
+    config.tls.mode = TlsMode::InsecurePlaintext;
     config.cardinality = cardinality;
     config.prefixes = prefixes.iter().map(|p| (*p).to_owned()).collect();
     config.connect_timeout = t.connect_timeout;

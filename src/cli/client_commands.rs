@@ -38,7 +38,15 @@ pub async fn list(args: ListArgs) -> CliResult {
     } else {
         write_table(&mut out, &entities)
     };
-    written.map_err(|e| format!("cannot write the list: {e}"))
+    quiet_on_broken_pipe(written).map_err(|e| format!("cannot write the list: {e}"))
+}
+
+/// A closed pipe (`remote-tagger list | head`) ends the output, not in error.
+fn quiet_on_broken_pipe(written: std::io::Result<()>) -> std::io::Result<()> {
+    match written {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 /// The Datadog `tagger-list` JSON: `{"entities": {"prefix://uid": {"tags": {"remote": [...]}}}}`.
@@ -177,7 +185,11 @@ pub async fn watch(args: WatchArgs) -> CliResult {
                         };
                         format!("{sign} {} {}", change.id, tags.join(" "))
                     };
-                    writeln!(out, "{line}").map_err(|e| format!("cannot write: {e}"))?;
+                    if let Err(error) = writeln!(out, "{line}") {
+                        tagger.stop().await;
+                        return quiet_on_broken_pipe(Err(error))
+                            .map_err(|e| format!("cannot write: {e}"));
+                    }
                 }
             }
         }
@@ -201,12 +213,11 @@ pub async fn get(args: GetArgs) -> CliResult {
     let tags = client::fetch_entity(&config, &id, args.cardinality)
         .await
         .map_err(|e| e.to_string())?;
-    if args.json {
-        println!("{}", json!(tags));
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        writeln!(out, "{}", json!(tags))
     } else {
-        for tag in tags {
-            println!("{tag}");
-        }
-    }
-    Ok(())
+        tags.iter().try_for_each(|tag| writeln!(out, "{tag}"))
+    };
+    quiet_on_broken_pipe(written).map_err(|e| format!("cannot write: {e}"))
 }

@@ -5,15 +5,16 @@
 //! token and certificate files and the Datadog port on loopback.
 
 mod client_commands;
+mod server_commands;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use remote_tagger::client::{ClientConfig, TlsMode, TlsSettings};
+use remote_tagger::defaults;
 use remote_tagger::domain::Cardinality;
-
-/// Default address of a tagger (the Datadog core agent's IPC port).
-const DEFAULT_TARGET: &str = "127.0.0.1:5001";
+use remote_tagger::server;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +42,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a tagger server (TLS and a bearer token) on the embedded workload or an entities file.
+    Serve(ServeArgs),
+    /// Run a server and a client in one process on loopback: sync time, counts, live changes.
+    Demo(DemoArgs),
     /// Connect, wait for the mirror to sync, and print it.
     List(ListArgs),
     /// Mirror a tagger and print every change as it happens, until Ctrl-C.
@@ -49,20 +54,90 @@ pub enum Command {
     Get(GetArgs),
 }
 
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "REMOTE_TAGGER_LISTEN", default_value = defaults::TARGET)]
+    pub listen: SocketAddr,
+
+    /// Bearer token file; created with 64 random hex characters (mode 0600) if absent.
+    #[arg(long, env = "REMOTE_TAGGER_AUTH_TOKEN_FILE", default_value_os_t = defaults::auth_token_file())]
+    pub auth_token_file: PathBuf,
+
+    /// PEM file with the certificate followed by its private key (the Datadog
+    /// ipc_cert.pem layout); a self-signed P-256 one for localhost, 127.0.0.1
+    /// and ::1 is generated there (mode 0600) if absent.
+    #[arg(long, env = "REMOTE_TAGGER_CERT_FILE", default_value_os_t = defaults::cert_file())]
+    pub cert_file: PathBuf,
+
+    /// Serve the entities of this JSON file ([{"id": "container_id://abc",
+    /// "low": [...], "orchestrator": [...], "high": [...], "standard": [...]}]),
+    /// re-read when it changes. Default: the embedded workload.
+    #[arg(long, env = "REMOTE_TAGGER_ENTITIES")]
+    pub entities: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+
+    /// Changes kept so reconnecting clients can resume without a snapshot.
+    #[arg(long, env = "REMOTE_TAGGER_CHANGE_LOG_CAPACITY", default_value_t = server::DEFAULT_CHANGE_LOG_CAPACITY)]
+    pub change_log_capacity: usize,
+
+    /// Largest gRPC message in bytes; snapshots are chunked to half of it.
+    #[arg(long, env = "REMOTE_TAGGER_MAX_MESSAGE_SIZE", default_value_t = server::DEFAULT_MAX_MESSAGE_SIZE)]
+    pub max_message_size: usize,
+
+    /// DANGEROUS: serve without TLS; tokens and tags cross the network in
+    /// clear text and Datadog clients refuse it. For tests only.
+    #[arg(long, env = "REMOTE_TAGGER_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+}
+
+/// The embedded synthetic workload (a Kubernetes node, scaled).
+#[derive(Debug, Args)]
+pub struct WorkloadArgs {
+    /// Entities in the generated workload [default: 1000 for serve, 100000 for demo].
+    #[arg(long, env = "REMOTE_TAGGER_WORKLOAD_ENTITIES")]
+    pub workload_entities: Option<usize>,
+
+    /// Seed of the generated workload and its churn.
+    #[arg(long, env = "REMOTE_TAGGER_WORKLOAD_SEED", default_value_t = server::DEFAULT_WORKLOAD_SEED)]
+    pub workload_seed: u64,
+
+    /// Changes per second applied to the generated workload, 0 for a static
+    /// store [default: 10 for serve, 1000 for demo].
+    #[arg(long, env = "REMOTE_TAGGER_CHURN_PER_SEC")]
+    pub churn_per_sec: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+
+    /// How long to show live changes before exiting.
+    #[arg(long, env = "REMOTE_TAGGER_DEMO_SECS", default_value_t = 5)]
+    pub duration_secs: u64,
+
+    /// Show live changes until Ctrl-C instead.
+    #[arg(long)]
+    pub follow: bool,
+}
+
 /// How to reach and authenticate to a tagger server.
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// Address of the tagger server, HOST:PORT.
-    #[arg(long, env = "REMOTE_TAGGER_TARGET", default_value = DEFAULT_TARGET)]
+    #[arg(long, env = "REMOTE_TAGGER_TARGET", default_value = defaults::TARGET)]
     pub target: String,
 
     /// File holding the bearer token (64 hex characters; a Datadog Agent's `auth_token`).
-    #[arg(long, env = "REMOTE_TAGGER_AUTH_TOKEN_FILE", default_value_os_t = default_auth_token_file())]
+    #[arg(long, env = "REMOTE_TAGGER_AUTH_TOKEN_FILE", default_value_os_t = defaults::auth_token_file())]
     pub auth_token_file: PathBuf,
 
     /// PEM file the server's certificate is verified against (a Datadog Agent's
     /// or our server's `ipc_cert.pem` works as its own CA).
-    #[arg(long, env = "REMOTE_TAGGER_CA_FILE", default_value_os_t = default_cert_file())]
+    #[arg(long, env = "REMOTE_TAGGER_CA_FILE", default_value_os_t = defaults::cert_file())]
     pub ca_file: PathBuf,
 
     /// Name the server's certificate must be valid for.
@@ -154,29 +229,6 @@ fn parse_cardinality(value: &str) -> Result<Cardinality, String> {
         .map_err(|e: remote_tagger::domain::DomainError| e.to_string())
 }
 
-/// Where the shared files live: `$REMOTE_TAGGER_HOME`, else
-/// `$XDG_CONFIG_HOME/remote-tagger`, else `~/.config/remote-tagger`.
-fn config_dir() -> PathBuf {
-    if let Some(home) = std::env::var_os("REMOTE_TAGGER_HOME") {
-        return PathBuf::from(home);
-    }
-    if let Some(xdg) = std::env::var_os("XDG_CONFIG_HOME") {
-        return PathBuf::from(xdg).join("remote-tagger");
-    }
-    match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home).join(".config").join("remote-tagger"),
-        None => PathBuf::from(".remote-tagger"),
-    }
-}
-
-pub fn default_auth_token_file() -> PathBuf {
-    config_dir().join("auth_token")
-}
-
-pub fn default_cert_file() -> PathBuf {
-    config_dir().join("ipc_cert.pem")
-}
-
 impl ConnectArgs {
     /// The client configuration these flags describe; fails with a hint when
     /// the CA file is missing (the usual first-run mistake).
@@ -224,6 +276,8 @@ impl ConnectArgs {
 pub fn init_logging(cli: &Cli) {
     let default_level = match cli.command {
         Command::List(_) | Command::Watch(_) | Command::Get(_) => "error",
+        Command::Demo(_) => "warn",
+        Command::Serve(_) => "info",
     };
     let level = cli.log_level.as_deref().unwrap_or(default_level);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -240,6 +294,8 @@ pub type CliResult = Result<(), String>;
 
 pub async fn run(cli: Cli) -> CliResult {
     match cli.command {
+        Command::Serve(args) => server_commands::serve(args).await,
+        Command::Demo(args) => server_commands::demo(args).await,
         Command::List(args) => client_commands::list(args).await,
         Command::Watch(args) => client_commands::watch(args).await,
         Command::Get(args) => client_commands::get(args).await,

@@ -65,7 +65,7 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Spec defaults, plaintext TLS mode until set otherwise.
+    /// Spec defaults; TLS verifying against the default certificate file.
     pub fn new(target: impl Into<String>, auth_token_file: impl Into<PathBuf>) -> Self {
         Self {
             target: target.into(),

@@ -74,10 +74,14 @@ pub struct TlsSettings {
     pub client_cert_file: Option<PathBuf>,
 }
 
+/// Verifies by default, against the certificate `serve` writes (see
+/// [`crate::defaults`]); anything weaker must be asked for by name.
 impl Default for TlsSettings {
     fn default() -> Self {
         Self {
-            mode: TlsMode::InsecurePlaintext,
+            mode: TlsMode::Verify {
+                ca_file: crate::defaults::cert_file(),
+            },
             server_name: "localhost".to_owned(),
             client_cert_file: None,
         }

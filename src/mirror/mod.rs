@@ -11,11 +11,13 @@
 //! never wait for the writer. The writer may wait for readers still inside
 //! the old copy, which is why no query returns while holding a guard.
 //!
-//! Both copies hold the same immutable records by reference (see
-//! [`record`]): one allocation per entity with its id and a slice of 8-byte
-//! pointers to interned tag strings, so a tag shared by thousands of entities
-//! is stored once. A query hands back a [`Tags`] view: the record plus a
-//! range, no string copied.
+//! Both copies hold the same immutable records by reference: one allocation
+//! per entity with its id and high cardinality tags inline (unique by nature)
+//! and thin pointers to its interned low, orchestrator and standard lists
+//! (shared by every container of an app or pod), whose strings are interned
+//! too. A query hands back a [`Tags`] view: the record plus which of its tags,
+//! no string copied. The interner belongs to the writer and is swept of
+//! values nobody references, amortised over the values it interns.
 
 mod counters;
 mod record;
@@ -189,18 +191,18 @@ impl MirrorWriter {
             next.upsert(hash, record);
         }
         let added_or_modified = next.records().filter_map(|record| {
-            let kind = change(published.get(record.id().as_str()), Some(record))?;
+            let kind = change(published.get(record.id()), Some(record))?;
             Some((kind, record))
         });
         let deleted = published
             .records()
-            .filter(|record| next.get(record.id().as_str()).is_none())
+            .filter(|record| next.get(record.id()).is_none())
             .map(|record| (ChangeKind::Deleted, record));
         let mut changes: Vec<EntityChange> = added_or_modified
             .chain(deleted)
             .map(|(kind, record)| EntityChange {
                 kind,
-                id: record.id().clone(),
+                id: record.entity_id(),
             })
             .collect();
         drop(published);
@@ -229,7 +231,7 @@ impl MirrorWriter {
     /// How many distinct tag strings the interner holds, including garbage
     /// not yet swept.
     pub fn interned_strings(&self) -> usize {
-        self.interner.len()
+        self.interner.strings()
     }
 }
 

@@ -1,24 +1,26 @@
-//! How one entity is stored: a single refcounted allocation holding its id and
-//! one slice of interned tags, shared by both copies of the mirror and by every
-//! [`Tags`] view handed to readers.
+//! How one entity is stored: a single refcounted allocation shared by both
+//! copies of the mirror and by every [`Tags`] view handed to readers.
+//!
+//! Entities repeat their tags in whole lists: every container of an app
+//! carries the same low and standard lists, every container of a pod the same
+//! orchestrator list. So those three lists are interned as units (and their
+//! strings individually), and a record points to them. The id and the high
+//! cardinality tags are unique to the entity by nature: interning them would
+//! only add a header, a pointer and an interner slot to each, so they are
+//! stored inline in the record.
 
 use std::fmt;
-use std::ops::Range;
 
 use hashbrown::HashTable;
 use triomphe::ThinArc;
 
 use crate::domain::{Cardinality, Entity, EntityId};
 
-use super::store::fixed_hash;
+use super::store::{fixed_hash, hash_texts};
 
 /// One interned tag string: a thin (8-byte) pointer to a refcounted
-/// `[count | len | bytes]` allocation. Tag strings repeat across thousands of
-/// entities (`env:prod`, `kube_namespace:default`, image names), so each
-/// distinct string is stored once and records hold pointers to it.
-///
-/// Because the [`Interner`] hands out one `Tag` per distinct string, two tags
-/// of live records are equal exactly when they point to the same allocation.
+/// `[count | len | bytes]` allocation. While a record references it, it is the
+/// only `Tag` with its text, so equal tags are the same allocation.
 #[derive(Clone)]
 pub(super) struct Tag(ThinArc<(), u8>);
 
@@ -27,19 +29,15 @@ impl Tag {
         Self(ThinArc::from_header_and_slice((), text.as_bytes()))
     }
 
-    pub(super) fn as_str(&self) -> &str {
+    fn as_str(&self) -> &str {
         // SAFETY: the bytes were copied from a `&str` in `Tag::new`, the only
         // constructor, and a `ThinArc` never hands out mutable access to a
         // shared slice, so they are still valid UTF-8. Skipping the check
         // matters: this runs for every tag every reader touches, and
         // validating would make reads O(tag length) before the caller even
         // looks at the bytes. (A fat `Arc<str>` would be safe but 16 bytes
-        // per tag slot instead of 8.) `non_ascii_tags_round_trip` tests it.
+        // per list slot instead of 8.) `non_ascii_tags_round_trip` tests it.
         unsafe { std::str::from_utf8_unchecked(&self.0.slice) }
-    }
-
-    fn is_same(&self, other: &Tag) -> bool {
-        self.0.ptr() == other.0.ptr()
     }
 
     /// Whether anyone besides the interner still holds this string.
@@ -48,238 +46,375 @@ impl Tag {
     }
 }
 
-/// The most tags a record holds. Boundaries between the four lists are `u16`
-/// to keep the record header small; an entity with more tags than this (no
-/// real one comes close) keeps the first `MAX_TAGS` of low, orchestrator,
-/// high, standard, in that order.
-pub(super) const MAX_TAGS: usize = u16::MAX as usize;
-
-/// Identity and list boundaries of a record; the tags follow it inline.
-struct RecordHeader {
-    id: EntityId,
-    /// Where the low, orchestrator and high tags end in the tag slice;
-    /// standard tags run from the last of these to the end.
-    ends: [u16; 3],
-}
-
-/// An immutable entity: `[count | id | ends | len | tags...]` in one
-/// allocation behind a thin pointer. Records are never modified: an update
-/// builds a new record, so readers holding the old one keep a consistent view.
+/// One interned list of interned tags. Like [`Tag`], equal lists of live
+/// records are the same allocation.
 #[derive(Clone)]
-pub(super) struct Record(ThinArc<RecordHeader, Tag>);
+pub(super) struct TagList(ThinArc<(), Tag>);
 
-impl Record {
-    pub(super) fn id(&self) -> &EntityId {
-        &self.0.header.header.id
-    }
-
+impl TagList {
     fn tags(&self) -> &[Tag] {
         &self.0.slice
+    }
+
+    fn is_same(&self, other: &TagList) -> bool {
+        self.0.ptr() == other.0.ptr()
+    }
+
+    fn texts(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.tags().iter().map(Tag::as_str)
+    }
+
+    fn content_hash(&self) -> u64 {
+        hash_texts(self.texts())
+    }
+
+    fn holds(&self, texts: &[String]) -> bool {
+        self.tags().len() == texts.len()
+            && self
+                .tags()
+                .iter()
+                .zip(texts)
+                .all(|(tag, text)| tag.as_str() == text)
+    }
+
+    fn is_shared(&self) -> bool {
+        ThinArc::strong_count(&self.0) > 1
+    }
+}
+
+/// Positions of the interned lists in a record.
+const LOW: usize = 0;
+const ORCHESTRATOR: usize = 1;
+const STANDARD: usize = 2;
+
+struct RecordHeader {
+    /// Low, orchestrator and standard tags.
+    shared: [TagList; 3],
+    /// Bytes of the id at the start of the record's text.
+    id_len: u32,
+    /// Number of high cardinality tags.
+    high_count: u32,
+}
+
+/// Width of one entry of the table of high tag ends.
+const END_WIDTH: usize = size_of::<u32>();
+
+/// An immutable entity: `[count | shared lists | id_len | high_count | len |
+/// high tag ends (u32 each) | id | high tags]` in one allocation behind a thin
+/// pointer, so a lookup compares the id without another pointer chase. An
+/// update builds a new record; readers holding the old one keep a consistent
+/// view.
+#[derive(Clone)]
+pub(super) struct Record(ThinArc<RecordHeader, u8>);
+
+impl Record {
+    fn header(&self) -> &RecordHeader {
+        &self.0.header.header
+    }
+
+    /// The id and the high tags, concatenated.
+    fn text(&self) -> &str {
+        let ends_len = self.header().high_count as usize * END_WIDTH;
+        // SAFETY: `Interner::record` writes the table of ends, then only
+        // whole `&str`s (the id, then each high tag), and the `ThinArc` is
+        // never mutated after, so the bytes after the table are valid UTF-8.
+        // Every sub-slice taken from this `&str` below is bounds- and
+        // char-boundary-checked. `non_ascii_tags_round_trip` tests it.
+        unsafe { std::str::from_utf8_unchecked(&self.0.slice[ends_len..]) }
+    }
+
+    pub(super) fn id(&self) -> &str {
+        &self.text()[..self.header().id_len as usize]
+    }
+
+    /// The id as a domain value. A record is only ever built from an
+    /// [`EntityId`], so its text always parses.
+    pub(super) fn entity_id(&self) -> EntityId {
+        EntityId::parse(self.id()).expect("a record's id comes from an EntityId")
+    }
+
+    fn high(&self) -> HighTags<'_> {
+        let ends_len = self.header().high_count as usize * END_WIDTH;
+        HighTags {
+            text: self.text(),
+            start: self.header().id_len as usize,
+            ends: &self.0.slice[..ends_len],
+        }
     }
 
     pub(super) fn is_same(&self, other: &Record) -> bool {
         self.0.ptr() == other.0.ptr()
     }
 
-    /// The ranges of the low, orchestrator, high and standard tags.
-    fn parts(&self) -> [Range<usize>; 4] {
-        let [low, orchestrator, high] = self.0.header.header.ends.map(usize::from);
-        [
-            0..low,
-            low..orchestrator,
-            orchestrator..high,
-            high..self.tags().len(),
-        ]
-    }
-
-    /// The tags a query of `cardinality` returns. Low, orchestrator and high
-    /// are contiguous in that order, so every cardinality is one range.
     pub(super) fn tags_for(&self, cardinality: Cardinality) -> Tags {
-        let [low, orchestrator, high, _] = self.parts();
-        let end = match cardinality {
-            Cardinality::Low => low.end,
-            Cardinality::Orchestrator => orchestrator.end,
-            Cardinality::High => high.end,
-        };
-        Tags::new(self, 0..end)
+        Tags::new(self, Selection::UpTo(cardinality))
     }
 
     pub(super) fn standard(&self) -> Tags {
-        let [.., standard] = self.parts();
-        Tags::new(self, standard)
+        Tags::new(self, Selection::Standard)
     }
 
     /// Whether this record already holds exactly `entity`'s tags, so an
     /// upsert of it changes nothing.
     pub(super) fn holds(&self, entity: &Entity) -> bool {
-        let lists = entity_lists(entity);
-        self.parts().into_iter().zip(lists).all(|(range, list)| {
-            range.len() == list.len()
-                && self.tags()[range]
-                    .iter()
-                    .zip(list)
-                    .all(|(tag, text)| tag.as_str() == text)
-        })
+        let [low, orchestrator, standard] = &self.header().shared;
+        low.holds(&entity.low)
+            && orchestrator.holds(&entity.orchestrator)
+            && standard.holds(&entity.standard)
+            && self.high().len() == entity.high.len()
+            && self.high().zip(&entity.high).all(|(tag, text)| tag == text)
     }
 
-    /// Whether both records carry the same tags in the same lists. Interned
-    /// tags make this a pointer comparison per tag.
+    /// Whether both records carry the same tags. Interned lists make that a
+    /// pointer comparison per list, plus the high tags' bytes.
     pub(super) fn same_tags_as(&self, other: &Record) -> bool {
-        self.0.header.header.ends == other.0.header.header.ends
-            && self.tags().len() == other.tags().len()
-            && self
-                .tags()
-                .iter()
-                .zip(other.tags())
-                .all(|(a, b)| a.is_same(b))
+        let lists = self.header().shared.iter().zip(&other.header().shared);
+        lists.into_iter().all(|(a, b)| a.is_same(b)) && self.high().eq(other.high())
     }
 
     pub(super) fn to_entity(&self) -> Entity {
-        let [low, orchestrator, high, standard] =
-            self.parts().map(|range| strings(&self.tags()[range]));
+        let [low, orchestrator, standard] = self
+            .header()
+            .shared
+            .each_ref()
+            .map(|list| strings(list.tags()));
         Entity {
-            id: self.id().clone(),
+            id: self.entity_id(),
             low,
             orchestrator,
-            high,
+            high: self.high().map(str::to_owned).collect(),
             standard,
         }
     }
-}
-
-fn entity_lists(entity: &Entity) -> [&[String]; 4] {
-    [
-        &entity.low,
-        &entity.orchestrator,
-        &entity.high,
-        &entity.standard,
-    ]
 }
 
 fn strings(tags: &[Tag]) -> Vec<String> {
     tags.iter().map(|tag| tag.as_str().to_owned()).collect()
 }
 
-/// Interned strings below this count are never swept: sweeping a small table
-/// often would cost more than the memory it frees.
+/// The high cardinality tags of a record, read from its table of ends.
+#[derive(Clone, Default)]
+struct HighTags<'a> {
+    /// The record's text: the id, then the high tags.
+    text: &'a str,
+    /// Where the next tag starts in `text`.
+    start: usize,
+    /// Ends of the tags not yet iterated, `END_WIDTH` bytes each.
+    ends: &'a [u8],
+}
+
+fn end_at(ends: &[u8], index: usize) -> Option<usize> {
+    let end = ends.get(index * END_WIDTH..)?.first_chunk::<END_WIDTH>()?;
+    Some(u32::from_ne_bytes(*end) as usize)
+}
+
+impl<'a> HighTags<'a> {
+    fn get(&self, index: usize) -> Option<&'a str> {
+        let end = end_at(self.ends, index)?;
+        let start = match index.checked_sub(1) {
+            None => self.start,
+            Some(before) => end_at(self.ends, before)?,
+        };
+        Some(&self.text[start..end])
+    }
+}
+
+impl<'a> Iterator for HighTags<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let (end, rest) = self.ends.split_first_chunk::<END_WIDTH>()?;
+        let end = u32::from_ne_bytes(*end) as usize;
+        let tag = &self.text[self.start..end];
+        (self.start, self.ends) = (end, rest);
+        Some(tag)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let len = self.ends.len() / END_WIDTH;
+        (len, Some(len))
+    }
+}
+
+impl ExactSizeIterator for HighTags<'_> {}
+
+/// Tables below this size are never swept: sweeping a small table often
+/// would cost more than the memory it frees.
 const MIN_SWEEP_LEN: usize = 1024;
 
-/// The writer's table of distinct tag strings. It holds one reference to each;
-/// a string nobody else references is garbage, removed by [`Interner::sweep`].
+/// The writer's tables of distinct tag strings and tag lists. It holds one
+/// reference to each; one nobody else references is garbage, removed by
+/// [`Interner::sweep`].
 #[derive(Default)]
 pub(super) struct Interner {
     strings: HashTable<Tag>,
-    /// How many strings survived the last sweep: the next one is due when the
-    /// table has doubled since, so sweeping is amortised O(1) per interned
-    /// string and garbage never exceeds the live strings (or `MIN_SWEEP_LEN`).
+    lists: HashTable<TagList>,
+    /// Strings and lists that survived the last sweep: the next one is due
+    /// when the tables have doubled since, so sweeping is amortised O(1) per
+    /// interned value and garbage never exceeds what is live (or
+    /// `MIN_SWEEP_LEN`).
     len_after_sweep: usize,
-    /// Reused between records so building one allocates only the record.
-    scratch: Vec<Tag>,
+    /// Reused between records so building one allocates only what it keeps.
+    scratch_bytes: Vec<u8>,
+}
+
+fn offset(len: usize) -> u32 {
+    // A record is one entity of one gRPC message, capped at a few MiB.
+    u32::try_from(len).expect("a record's text is under 4 GiB")
 }
 
 impl Interner {
-    pub(super) fn len(&self) -> usize {
+    /// How many distinct tag strings are interned, garbage not yet swept
+    /// included.
+    pub(super) fn strings(&self) -> usize {
         self.strings.len()
     }
 
     fn intern(&mut self, text: &str) -> Tag {
         let hash = fixed_hash(text);
+        let rehash = |tag: &Tag| fixed_hash(tag.as_str());
         self.strings
-            .entry(
-                hash,
-                |tag| tag.as_str() == text,
-                |tag| fixed_hash(tag.as_str()),
-            )
+            .entry(hash, |tag| tag.as_str() == text, rehash)
             .or_insert_with(|| Tag::new(text))
             .get()
             .clone()
     }
 
-    /// Builds the record of `entity`. Tags equal to the one at the same
-    /// position in `previous` (the record it replaces) are reused without
-    /// hashing: an update usually changes a few tags and keeps the rest.
+    /// The interned list of `texts`, reusing `previous` (the same list of the
+    /// record being replaced) without hashing when it is unchanged: an update
+    /// usually changes one list and keeps the others. Lists repeat far more
+    /// than they change (every container of an app has the same low list),
+    /// so a known list is found from the texts alone; only a new list
+    /// interns its strings.
+    fn intern_list(&mut self, texts: &[String], previous: Option<&TagList>) -> TagList {
+        if let Some(previous) = previous.filter(|list| list.holds(texts)) {
+            return previous.clone();
+        }
+        let hash = hash_texts(texts.iter().map(String::as_str));
+        if let Some(list) = self.lists.find(hash, |list| list.holds(texts)) {
+            return list.clone();
+        }
+        let tags: Vec<Tag> = texts.iter().map(|text| self.intern(text)).collect();
+        let list = TagList(ThinArc::from_header_and_iter((), tags.into_iter()));
+        self.lists
+            .insert_unique(hash, list.clone(), TagList::content_hash);
+        list
+    }
+
+    /// Builds the record of `entity`, reusing the lists of `previous` (the
+    /// record it replaces) where they are unchanged.
     pub(super) fn record(&mut self, entity: &Entity, previous: Option<&Record>) -> Record {
-        let previous_tags = previous.map_or(&[][..], Record::tags);
-        let mut ends = [0u16; 3];
-        let mut scratch = std::mem::take(&mut self.scratch);
-        for (part, list) in entity_lists(entity).into_iter().enumerate() {
-            let room = MAX_TAGS - scratch.len();
-            for text in &list[..list.len().min(room)] {
-                let tag = match previous_tags.get(scratch.len()) {
-                    Some(tag) if tag.as_str() == text => tag.clone(),
-                    _ => self.intern(text),
-                };
-                scratch.push(tag);
-            }
-            if let Some(end) = ends.get_mut(part) {
-                *end = u16::try_from(scratch.len()).expect("scratch never exceeds MAX_TAGS");
-            }
+        let previous = previous.map(|record| &record.header().shared);
+        let lists = [&entity.low, &entity.orchestrator, &entity.standard];
+        let shared = [LOW, ORCHESTRATOR, STANDARD]
+            .map(|part| self.intern_list(lists[part], previous.map(|lists| &lists[part])));
+        let id = entity.id.as_str();
+        let bytes = &mut self.scratch_bytes;
+        bytes.clear();
+        let mut end = id.len();
+        for tag in &entity.high {
+            end += tag.len();
+            bytes.extend_from_slice(&offset(end).to_ne_bytes());
+        }
+        bytes.extend_from_slice(id.as_bytes());
+        for tag in &entity.high {
+            bytes.extend_from_slice(tag.as_bytes());
         }
         let header = RecordHeader {
-            id: entity.id.clone(),
-            ends,
+            shared,
+            id_len: offset(id.len()),
+            high_count: offset(entity.high.len()),
         };
-        let record = Record(ThinArc::from_header_and_iter(header, scratch.drain(..)));
-        self.scratch = scratch;
-        record
+        Record(ThinArc::from_header_and_slice(header, bytes))
     }
 
-    /// Drops every string no record references any more.
+    /// Drops every list and string no record references any more.
     pub(super) fn sweep(&mut self) {
+        // Lists first: dropping a list releases its strings.
+        self.lists.retain(|list| list.is_shared());
         self.strings.retain(|tag| tag.is_shared());
-        if self.strings.capacity() > 4 * self.strings.len().max(MIN_SWEEP_LEN) {
-            self.strings.shrink_to_fit(|tag| fixed_hash(tag.as_str()));
-        }
-        self.len_after_sweep = self.strings.len();
+        shrink_if_sparse(&mut self.lists, TagList::content_hash);
+        shrink_if_sparse(&mut self.strings, |tag| fixed_hash(tag.as_str()));
+        self.len_after_sweep = self.strings.len() + self.lists.len();
     }
 
-    /// Sweeps if the table has doubled since the last sweep.
+    /// Sweeps if the tables have doubled since the last sweep.
     pub(super) fn sweep_if_grown(&mut self) {
-        if self.strings.len() > (2 * self.len_after_sweep).max(MIN_SWEEP_LEN) {
+        let len = self.strings.len() + self.lists.len();
+        if len > (2 * self.len_after_sweep).max(MIN_SWEEP_LEN) {
             self.sweep();
         }
     }
 }
 
-/// Some of an entity's tags: a reference to its record and a range, so making
-/// one costs a refcount increment and no string copies. It stays valid (and
-/// unchanged) after the mirror moves on; it keeps the record alive meanwhile.
+/// Gives memory back after a sweep emptied most of a table.
+fn shrink_if_sparse<T>(table: &mut HashTable<T>, hasher: impl Fn(&T) -> u64) {
+    if table.capacity() > 4 * table.len().max(MIN_SWEEP_LEN) {
+        table.shrink_to_fit(hasher);
+    }
+}
+
+/// Which of a record's tags a [`Tags`] view shows.
+#[derive(Clone, Copy, Default)]
+enum Selection {
+    UpTo(Cardinality),
+    #[default]
+    Standard,
+}
+
+/// Some of an entity's tags: a reference to its record and which tags, so
+/// making one costs a refcount increment and no string copies. It stays valid
+/// (and unchanged) after the mirror moves on; it keeps the record alive
+/// meanwhile.
 #[derive(Clone, Default)]
 pub struct Tags {
-    /// `None` when the range is empty, so an empty result holds nothing.
+    /// `None` when the selection is empty, so an empty result holds nothing.
     record: Option<Record>,
-    start: u16,
-    end: u16,
+    selection: Selection,
+}
+
+/// The interned lists and high tags `selection` covers, in query order.
+fn select(record: &Record, selection: Selection) -> ([&[Tag]; 2], HighTags<'_>) {
+    let lists = record.header().shared.each_ref().map(TagList::tags);
+    let none = HighTags::default();
+    match selection {
+        Selection::UpTo(Cardinality::Low) => ([lists[LOW], &[]], none),
+        Selection::UpTo(Cardinality::Orchestrator) => ([lists[LOW], lists[ORCHESTRATOR]], none),
+        Selection::UpTo(Cardinality::High) => ([lists[LOW], lists[ORCHESTRATOR]], record.high()),
+        Selection::Standard => ([lists[STANDARD], &[]], none),
+    }
 }
 
 impl Tags {
-    fn new(record: &Record, range: Range<usize>) -> Self {
-        if range.is_empty() {
+    fn new(record: &Record, selection: Selection) -> Self {
+        let ([first, second], high) = select(record, selection);
+        if first.is_empty() && second.is_empty() && high.len() == 0 {
             return Self::default();
         }
-        // Ranges come from `Record::parts`, whose bounds are u16 `ends` or the
-        // tag count, which `Interner::record` caps at MAX_TAGS.
-        let bound = |at: usize| u16::try_from(at).expect("record ranges fit in u16");
         Self {
             record: Some(record.clone()),
-            start: bound(range.start),
-            end: bound(range.end),
+            selection,
         }
     }
 
-    fn as_slice(&self) -> &[Tag] {
+    fn parts(&self) -> ([&[Tag]; 2], HighTags<'_>) {
         match &self.record {
-            Some(record) => &record.tags()[usize::from(self.start)..usize::from(self.end)],
-            None => &[],
+            Some(record) => select(record, self.selection),
+            None => ([&[], &[]], HighTags::default()),
         }
     }
 
     pub fn iter(&self) -> TagsIter<'_> {
-        TagsIter(self.as_slice().iter())
+        let ([first, second], high) = self.parts();
+        TagsIter {
+            current: first.iter(),
+            then: second,
+            high,
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.as_slice().len()
+        self.iter().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -287,11 +422,18 @@ impl Tags {
     }
 
     pub fn get(&self, index: usize) -> Option<&str> {
-        self.as_slice().get(index).map(Tag::as_str)
+        let ([first, second], high) = self.parts();
+        let Some(index) = index.checked_sub(first.len()) else {
+            return Some(first[index].as_str());
+        };
+        match index.checked_sub(second.len()) {
+            None => Some(second[index].as_str()),
+            Some(index) => high.get(index),
+        }
     }
 
     pub fn to_vec(&self) -> Vec<String> {
-        strings(self.as_slice())
+        self.iter().map(str::to_owned).collect()
     }
 }
 
@@ -306,23 +448,31 @@ impl<'a> IntoIterator for &'a Tags {
 
 /// The strings of a [`Tags`] view, in order.
 #[derive(Clone)]
-pub struct TagsIter<'a>(std::slice::Iter<'a, Tag>);
+pub struct TagsIter<'a> {
+    current: std::slice::Iter<'a, Tag>,
+    /// The interned list after `current`, if any.
+    then: &'a [Tag],
+    high: HighTags<'a>,
+}
 
 impl<'a> Iterator for TagsIter<'a> {
     type Item = &'a str;
 
     fn next(&mut self) -> Option<&'a str> {
-        self.0.next().map(Tag::as_str)
+        loop {
+            if let Some(tag) = self.current.next() {
+                return Some(tag.as_str());
+            }
+            if self.then.is_empty() {
+                return self.high.next();
+            }
+            self.current = std::mem::take(&mut self.then).iter();
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.0.size_hint()
-    }
-}
-
-impl DoubleEndedIterator for TagsIter<'_> {
-    fn next_back(&mut self) -> Option<Self::Item> {
-        self.0.next_back().map(Tag::as_str)
+        let len = self.current.len() + self.then.len() + self.high.len();
+        (len, Some(len))
     }
 }
 
@@ -364,49 +514,68 @@ impl<S: AsRef<str>> PartialEq<Vec<S>> for Tags {
 mod tests {
     use super::*;
 
+    fn texts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
     fn entity(id: &str, low: &[&str], high: &[&str]) -> Entity {
         let mut entity = Entity::new(EntityId::parse(id).unwrap());
-        entity.low = low.iter().map(|s| s.to_string()).collect();
-        entity.high = high.iter().map(|s| s.to_string()).collect();
+        entity.low = texts(low);
+        entity.high = texts(high);
         entity
     }
 
     #[test]
     fn non_ascii_tags_round_trip() {
         let mut interner = Interner::default();
-        let texts = ["région:île-de-france", "名前:テスト", "emoji:🦀", ""];
-        let record = interner.record(&entity("process://1", &texts, &[]), None);
-        assert_eq!(record.tags_for(Cardinality::Low), texts);
-        assert_eq!(record.to_entity().low, texts);
-    }
-
-    #[test]
-    fn equal_strings_share_one_allocation() {
-        let mut interner = Interner::default();
-        let a = interner.record(&entity("process://1", &["env:prod"], &["pid:1"]), None);
-        let b = interner.record(&entity("process://2", &["env:prod"], &["pid:2"]), None);
-        assert!(a.tags()[0].is_same(&b.tags()[0]));
-        assert!(!a.tags()[1].is_same(&b.tags()[1]));
-        assert_eq!(interner.len(), 3);
-    }
-
-    #[test]
-    fn oversized_entities_keep_the_first_max_tags_in_list_order() {
-        let mut interner = Interner::default();
-        let many: Vec<String> = (0..MAX_TAGS + 5).map(|i| format!("t{i}")).collect();
-        let mut big = Entity::new(EntityId::parse("process://1").unwrap());
-        big.low = vec!["first".into()];
-        big.high = many.clone();
-        big.standard = vec!["dropped".into()];
-        let record = interner.record(&big, None);
+        let odd = ["région:île-de-france", "名前:テスト", "emoji:🦀", ""];
+        let mut full = entity("process://ü-1", &odd, &odd);
+        full.orchestrator = texts(&odd[1..]);
+        full.standard = texts(&odd[..2]);
+        let record = interner.record(&full, None);
+        assert_eq!(record.id(), "process://ü-1");
+        assert_eq!(record.to_entity(), full);
         let high = record.tags_for(Cardinality::High);
-        assert_eq!(high.len(), MAX_TAGS);
-        assert_eq!(high.get(0), Some("first"));
-        assert_eq!(high.get(MAX_TAGS - 1), Some(many[MAX_TAGS - 2].as_str()));
-        assert!(record.standard().is_empty());
-        assert!(
-            !record.holds(&big),
-            "a truncated record does not hold the whole entity"
+        assert_eq!(high, full.tags(Cardinality::High));
+        assert_eq!(high.len(), 11);
+        let by_index: Vec<&str> = (0..high.len()).map(|i| high.get(i).unwrap()).collect();
+        assert_eq!(by_index, full.tags(Cardinality::High));
+        assert_eq!(high.get(11), None);
+        assert!(record.holds(&full));
+    }
+
+    #[test]
+    fn equal_lists_and_strings_share_one_allocation() {
+        let mut interner = Interner::default();
+        let a = interner.record(
+            &entity("process://1", &["env:prod", "app:x"], &["pid:1"]),
+            None,
         );
+        let b = interner.record(
+            &entity("process://2", &["env:prod", "app:x"], &["pid:2"]),
+            None,
+        );
+        let c = interner.record(&entity("process://3", &["app:x"], &[]), None);
+        let low = |record: &Record| record.header().shared[LOW].clone();
+        assert!(low(&a).is_same(&low(&b)));
+        assert!(!low(&a).is_same(&low(&c)));
+        assert_eq!(low(&a).tags()[1].0.ptr(), low(&c).tags()[0].0.ptr());
+        // High tags are stored inline, never interned.
+        assert_eq!(interner.strings(), 2);
+        assert!(!a.same_tags_as(&b));
+        let a_again = interner.record(
+            &entity("process://1", &["env:prod", "app:x"], &["pid:1"]),
+            None,
+        );
+        assert!(a.same_tags_as(&a_again));
+    }
+
+    #[test]
+    fn empty_selections_hold_no_record() {
+        let mut interner = Interner::default();
+        let record = interner.record(&entity("process://1", &[], &["pid:1"]), None);
+        assert!(record.tags_for(Cardinality::Orchestrator).is_empty());
+        assert!(record.standard().record.is_none());
+        assert_eq!(record.tags_for(Cardinality::High), ["pid:1"]);
     }
 }

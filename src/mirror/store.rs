@@ -1,12 +1,12 @@
 //! One copy of the mirror's content, and the operations the writer logs so
 //! `left-right` can replay them onto the other copy.
 
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 
-use crate::domain::{EntityId, KNOWN_PREFIXES};
+use crate::domain::KNOWN_PREFIXES;
 
 use super::record::Record;
 
@@ -20,8 +20,19 @@ pub(super) fn fixed_hash(text: &str) -> u64 {
     FIXED_HASHER.hash_one(text)
 }
 
+/// Hashes a list of strings by content, so a list can be found from the
+/// strings of an event without interning them first.
+pub(super) fn hash_texts<'a>(texts: impl ExactSizeIterator<Item = &'a str>) -> u64 {
+    let mut hasher = FIXED_HASHER.build_hasher();
+    hasher.write_usize(texts.len());
+    for text in texts {
+        text.hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 fn record_hash(record: &Record) -> u64 {
-    fixed_hash(record.id().as_str())
+    fixed_hash(record.id())
 }
 
 /// The records, keyed by id, plus the per-prefix entity counts telemetry
@@ -29,7 +40,7 @@ fn record_hash(record: &Record) -> u64 {
 #[derive(Clone, Default)]
 pub(super) struct Store {
     records: HashTable<Record>,
-    /// Entity count per entry of [`KNOWN_PREFIXES`] (an [`EntityId`] only
+    /// Entity count per entry of [`KNOWN_PREFIXES`] (an `EntityId` only
     /// ever has one of those).
     by_prefix: PrefixCounts,
 }
@@ -53,7 +64,7 @@ impl Store {
     }
 
     pub(super) fn get_hashed(&self, hash: u64, id: &str) -> Option<&Record> {
-        self.records.find(hash, |record| record.id().as_str() == id)
+        self.records.find(hash, |record| record.id() == id)
     }
 
     pub(super) fn records(&self) -> impl Iterator<Item = &Record> {
@@ -72,11 +83,8 @@ impl Store {
     /// Inserts `record`, replacing the record of the same id if any (a
     /// snapshot may repeat an id: the last one wins).
     pub(super) fn upsert(&mut self, hash: u64, record: Record) {
-        let id = record.id().as_str();
-        match self
-            .records
-            .entry(hash, |old| old.id().as_str() == id, record_hash)
-        {
+        let id = record.id();
+        match self.records.entry(hash, |old| old.id() == id, record_hash) {
             hashbrown::hash_table::Entry::Occupied(mut slot) => *slot.get_mut() = record,
             hashbrown::hash_table::Entry::Vacant(slot) => {
                 count_entity(&mut self.by_prefix, record.id(), 1);
@@ -103,8 +111,9 @@ impl Store {
     }
 }
 
-fn count_entity(by_prefix: &mut PrefixCounts, id: &EntityId, delta: i64) {
-    if let Some(slot) = KNOWN_PREFIXES.iter().position(|&p| p == id.prefix()) {
+fn count_entity(by_prefix: &mut PrefixCounts, id: &str, delta: i64) {
+    let prefix = id.split_once("://").map_or(id, |(prefix, _)| prefix);
+    if let Some(slot) = KNOWN_PREFIXES.iter().position(|&p| p == prefix) {
         by_prefix[slot] = by_prefix[slot].saturating_add_signed(delta);
     }
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::hub::StoreHandle;
+use super::stats::increment;
 use crate::domain::{DomainError, Entity, EntityEvent, EntityId};
 
 /// Why the bytes of an entities file are not a valid entity list.
@@ -190,7 +191,11 @@ impl EntitiesFileWatcher {
         ticks.tick().await;
         loop {
             ticks.tick().await;
+            let previous_problem = self.reported_problem.clone();
             let events = self.poll().await;
+            if self.reported_problem.is_some() && self.reported_problem != previous_problem {
+                increment(&store.telemetry().source_errors);
+            }
             if !events.is_empty() {
                 let changes = store.apply(events);
                 tracing::info!(path = %self.path.display(), changes, "entities file reloaded");

@@ -197,7 +197,8 @@ impl StoreHandle {
         })
     }
 
-    /// Ends every subscription (with [`Stop::Shutdown`]) and refuses new ones.
+    /// Ends every subscription (clients are told the server is shutting
+    /// down) and refuses new ones: a closed handle stays closed.
     pub fn close(&self) {
         let subscribers = {
             let mut state = self.state();

@@ -221,9 +221,11 @@ pub enum Security {
 }
 
 /// Serves `service` over `incoming` connections until `shutdown` resolves.
-/// Then every stream ends (clients see UNAVAILABLE and reconnect elsewhere
-/// or later), no new connection is accepted, and open connections get the
-/// service's `shutdown_grace` to close before they are abandoned.
+/// Then the service's store handle is closed for good (every stream ends,
+/// clients see UNAVAILABLE and reconnect later; a restarted server needs a
+/// new store, hence a new epoch), no new connection is accepted, and open
+/// connections get the service's `shutdown_grace` to close before they are
+/// abandoned.
 ///
 /// `incoming` is any stream of connections: a [`TcpIncoming`], or a
 /// simulated network's listener wrapped to implement [`Connected`].

@@ -4,6 +4,16 @@
 //! Each stream runs in its own task that writes into a one-slot channel
 //! tonic reads from; a send that cannot be queued within the send timeout
 //! means the client stopped reading, and ends the stream.
+//!
+//! The `revision` of a response is a resume point: once a client has applied
+//! that response, it holds the store's state at that revision (for its
+//! prefixes and cardinality). Snapshot chunks carry the snapshot's revision,
+//! which is only a valid resume point once the chunk marked
+//! `snapshotComplete` has arrived; live and resumed responses carry the
+//! revision of their last change (the last response of a batch, the batch's
+//! end even if later changes were filtered out); keep-alives carry the last
+//! revision sent; the empty placeholder a stream gets while it waits for a
+//! snapshot slot carries 0 (nothing to resume from yet).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -383,9 +393,11 @@ impl TaggerService {
                 Some(Status::unavailable("tagger server is shutting down"))
             }
         };
-        // Best effort: a client that does not read will not get it either.
+        // Bounded like any send: a client that stopped reading never gets
+        // it, and the task must not outlive that by more than a send timeout.
         if let Some(status) = status {
-            let _ = responses.try_send(Err(status));
+            let _ =
+                tokio::time::timeout(inner.config.send_timeout, responses.send(Err(status))).await;
         }
     }
 

@@ -33,6 +33,9 @@ pub struct ServerStats {
     pub subscribers_evicted: u64,
     /// Requests refused for a missing or wrong token.
     pub auth_failures: u64,
+    /// Source problems reported (an entities file turned unreadable or
+    /// invalid; the last good state is kept).
+    pub source_errors: u64,
     /// Current store revision (gauge).
     pub store_revision: u64,
     /// Entities in the store (gauge).
@@ -72,6 +75,7 @@ pub(crate) struct Telemetry {
     pub resumes_refused: AtomicU64,
     pub subscribers_evicted: AtomicU64,
     pub auth_failures: AtomicU64,
+    pub source_errors: AtomicU64,
 }
 
 /// Counter increments need no ordering with other memory: readers only want
@@ -109,6 +113,7 @@ impl Telemetry {
             resumes_refused: get(&self.resumes_refused),
             subscribers_evicted: get(&self.subscribers_evicted),
             auth_failures: get(&self.auth_failures),
+            source_errors: get(&self.source_errors),
             store_revision,
             store_entities,
         }

@@ -190,7 +190,7 @@ impl Iterator for SnapshotChunks {
         for entity in self.entities.by_ref() {
             let event = pb::StreamTagsEvent {
                 r#type: pb::EventType::Added as i32,
-                entity: Some(entity.reduced(self.cardinality).to_proto()),
+                entity: Some(entity.to_proto_reduced(self.cardinality)),
             };
             if let Some(events) = self.chunker.push(event) {
                 return Some(SnapshotChunk {

@@ -1,0 +1,162 @@
+//! Mirror latency and throughput on the 100k-entity synthetic workload.
+//!
+//! Lookups walk every id in a seeded random order, so they pay the cache
+//! misses of a real store rather than hitting a hot few entries.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use remote_tagger::domain::Cardinality;
+use remote_tagger::mirror::{MirrorReader, MirrorWriter};
+use remote_tagger::rng::SplitMix64;
+use remote_tagger::workload::{Workload, WorkloadConfig};
+
+const ENTITIES: usize = 100_000;
+const SEED: u64 = 1;
+/// Churn while reading: 100-event batches every 10 ms, 10k events/s.
+const CHURN_BATCH: usize = 100;
+const CHURN_PERIOD: Duration = Duration::from_millis(10);
+const APPLY_BATCH: usize = 1000;
+
+fn workload() -> Workload {
+    Workload::new(WorkloadConfig {
+        entities: ENTITIES,
+        seed: SEED,
+    })
+}
+
+/// Every id of the store, in a seeded Fisher-Yates order.
+fn shuffled_ids(workload: &Workload) -> Vec<String> {
+    let mut ids: Vec<String> = workload.store().keys().map(|id| id.to_string()).collect();
+    let mut rng = SplitMix64::new(SEED);
+    for i in (1..ids.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        ids.swap(i, j);
+    }
+    ids
+}
+
+/// Two lookups per id order: the bare lookup, and the lookup plus reading
+/// every tag's bytes (what a caller does next, and where unique strings miss
+/// the cache).
+fn bench_lookups(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    reader: &MirrorReader,
+    ids: &[String],
+) {
+    let mut next = ids.iter().cycle();
+    group.bench_function("tags_high", |b| {
+        b.iter(|| reader.tags(next.next().unwrap(), Cardinality::High))
+    });
+    group.bench_function("tags_high_sum_lengths", |b| {
+        b.iter(|| {
+            let tags = reader.tags(next.next().unwrap(), Cardinality::High);
+            tags.iter().map(str::len).sum::<usize>()
+        })
+    });
+}
+
+fn lookups(c: &mut Criterion) {
+    let mut workload = workload();
+    let ids = shuffled_ids(&workload);
+    let mut writer = MirrorWriter::new();
+    writer.replace_all(workload.snapshot());
+    let reader = writer.reader();
+
+    let mut group = c.benchmark_group("lookup_idle_writer");
+    bench_lookups(&mut group, &reader, &ids);
+    group.finish();
+
+    // The writer thread applies paced churn batches for as long as the
+    // group runs. (Ids it deletes read as empty afterwards, like in a real
+    // consumer racing deletions.)
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut applied = 0usize;
+            let mut deadline = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                writer.apply(workload.next_events(CHURN_BATCH));
+                applied += CHURN_BATCH;
+                deadline += CHURN_PERIOD;
+                thread::sleep(deadline.saturating_duration_since(Instant::now()));
+            }
+            applied
+        })
+    };
+    let started = Instant::now();
+    let mut group = c.benchmark_group("lookup_churning_writer");
+    bench_lookups(&mut group, &reader, &ids);
+    group.finish();
+    stop.store(true, Ordering::Relaxed);
+    let applied = churn.join().unwrap();
+    eprintln!(
+        "churn: {applied} events in {:.1} s ({:.0} events/s)",
+        started.elapsed().as_secs_f64(),
+        applied as f64 / started.elapsed().as_secs_f64()
+    );
+}
+
+fn writes(c: &mut Criterion) {
+    let mut group = c.benchmark_group("write");
+    group.sample_size(10);
+
+    let mut workload = workload();
+    let snapshot = workload.snapshot();
+    let mut writer = MirrorWriter::new();
+    writer.replace_all(snapshot.clone());
+    group.throughput(Throughput::Elements(APPLY_BATCH as u64));
+    group.bench_function("apply_churn_1000", |b| {
+        // Generating events is the workload's cost, not the mirror's: only
+        // `apply` is timed, and the workload stays consistent with the mirror.
+        b.iter_custom(|batches| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..batches {
+                let events = workload.next_events(APPLY_BATCH);
+                let start = Instant::now();
+                black_box(writer.apply(events));
+                timed += start.elapsed();
+            }
+            timed
+        })
+    });
+
+    group.throughput(Throughput::Elements(snapshot.len() as u64));
+    group.bench_function("replace_all_100k_into_empty", |b| {
+        b.iter_custom(|rounds| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..rounds {
+                let mut empty = MirrorWriter::new();
+                let entities = snapshot.clone();
+                let start = Instant::now();
+                black_box(empty.replace_all(entities));
+                timed += start.elapsed();
+            }
+            timed
+        })
+    });
+    // A resync after a reconnect: the snapshot mostly matches what is held.
+    let mut resynced = MirrorWriter::new();
+    resynced.replace_all(snapshot.clone());
+    group.bench_function("replace_all_100k_resync", |b| {
+        b.iter_custom(|rounds| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..rounds {
+                let entities = snapshot.clone();
+                let start = Instant::now();
+                black_box(resynced.replace_all(entities));
+                timed += start.elapsed();
+            }
+            timed
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, lookups, writes);
+criterion_main!(benches);

@@ -1,0 +1,108 @@
+//! Test fixtures shared by the integration tests: a real server on a
+//! loopback port with its token and certificate in a temporary directory.
+#![allow(dead_code)] // each test crate uses its own subset
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use remote_tagger::domain::{Entity, EntityId};
+use remote_tagger::server::{ServeConfig, ServeError, Server, ServerStats, Source, StoreHandle};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Only to keep a broken test from hanging: nothing here should take long.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub const MIB: usize = 1024 * 1024;
+
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A running server with its files in a temporary directory.
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub addr: std::net::SocketAddr,
+    pub store: StoreHandle,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+pub fn config_in(dir: &Path) -> ServeConfig {
+    let mut config = ServeConfig::new(dir.join("auth_token"), dir.join("ipc_cert.pem"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    // An empty, static store: tests put in it exactly what they need.
+    config.source = Source::Workload {
+        entities: 0,
+        seed: 1,
+        churn_per_sec: 0.0,
+    };
+    config
+}
+
+impl TestServer {
+    pub async fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), tweak).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        let mut config = config_in(dir.path());
+        tweak(&mut config);
+        let server = Server::bind(config).await.unwrap();
+        let addr = server.local_addr();
+        let store = server.store().clone();
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = signal.await;
+        }));
+        Self {
+            dir,
+            addr,
+            store,
+            shutdown: Some(shutdown),
+            task,
+        }
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("auth_token")).unwrap()
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("ipc_cert.pem")
+    }
+
+    pub async fn wait_for_stats(&self, what: &str, done: impl Fn(&ServerStats) -> bool) {
+        within(what, async {
+            while !done(&self.store.stats()) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        within("server shutdown", &mut self.task)
+            .await
+            .unwrap()
+            .unwrap();
+        self.dir
+    }
+}
+
+pub fn entity(id: &str, low: &[&str], orchestrator: &[&str], high: &[&str]) -> Entity {
+    let tags = |list: &[&str]| list.iter().map(|t| t.to_string()).collect();
+    Entity {
+        id: EntityId::parse(id).unwrap(),
+        low: tags(low),
+        orchestrator: tags(orchestrator),
+        high: tags(high),
+        standard: vec!["service:web".into()],
+    }
+}
