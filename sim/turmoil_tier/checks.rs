@@ -164,3 +164,61 @@ impl BackoffCheck {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    #[test]
+    fn error_log_catches_errors_only() {
+        let errors = ErrorLog::default();
+        let subscriber = tracing_subscriber::registry().with(errors.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!("not this one");
+            tracing::error!(code = 7, "this one");
+        });
+        let caught = errors.take();
+        assert_eq!(caught.len(), 1, "{caught:?}");
+        assert!(caught[0].contains("this one") && caught[0].contains("code=7"));
+        assert!(errors.take().is_empty());
+    }
+
+    #[test]
+    fn backoff_check_follows_the_ladder_and_its_resets() {
+        let config = BackoffConfig::default(); // 500 ms, x1.5, +-50 %
+        let mut check = BackoffCheck::new(config);
+        // First loss: only the initial interval's range, 250..=750 ms.
+        assert!(check.loss(Duration::from_millis(800)).is_err());
+        assert!(check.loss(Duration::from_millis(700)).is_ok());
+        // Second: 750 ms +-50 % is allowed now (so is the first rung).
+        assert!(check.loss(Duration::from_millis(1_100)).is_ok());
+        check.reset();
+        assert!(check.loss(Duration::from_millis(1_100)).is_err());
+        assert!(check.loss(Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn view_hash_ignores_order_other_prefixes_and_dropped_tags() {
+        let view = View {
+            cardinality: Cardinality::Low,
+            prefixes: vec!["process".to_owned()],
+        };
+        let entity = |id: &str, high: &str| {
+            let mut entity = Entity::new(remote_tagger::domain::EntityId::parse(id).unwrap());
+            entity.low = vec!["env:prod".to_owned()];
+            entity.high = vec![high.to_owned()];
+            entity
+        };
+        let (a, b) = (entity("process://1", "x"), entity("process://2", "y"));
+        let other = entity("container_id://1", "z");
+        assert_eq!(view.hash([&a, &b]), view.hash([&b, &other, &a]));
+        // A LOW view does not see high tags.
+        assert_eq!(
+            view.hash([&a]),
+            view.hash([&entity("process://1", "changed")])
+        );
+        assert_ne!(view.hash([&a]), view.hash([&a, &b]));
+    }
+}

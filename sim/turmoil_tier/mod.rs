@@ -752,3 +752,45 @@ fn describe(event: &Event) -> String {
         } => format!("lost {id} retry_in={retry_in:?}: {reason}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_orders_by_tick_then_source_keeping_each_source_in_order() {
+        let mut trace = Trace::default();
+        let at = |micros| Duration::from_micros(micros);
+        trace.push(at(5_100), 2, "client-1 first".into());
+        trace.push(at(5_000), 1, "client-0".into());
+        trace.push(at(5_200), 2, "client-1 second".into());
+        trace.push(at(5_300), CHECKER, "checker".into());
+        trace.push(at(1_000), 3, "client-2 earlier tick".into());
+        let lines: Vec<String> = trace
+            .lines()
+            .into_iter()
+            .map(|line| line.split_once("ms ").unwrap().1.to_owned())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "client-2 earlier tick",
+                "checker",
+                "client-0",
+                "client-1 first",
+                "client-1 second"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_schedule_heals_by_the_end_of_the_fault_phase() {
+        for scenario in Scenario::ALL {
+            let schedule = Schedule::new(scenario, 3);
+            let last = schedule.faults.last().expect("a schedule is never empty");
+            assert_eq!(last.0, schedule::FAULT_PHASE, "{scenario:?}");
+            assert!(schedule.faults.windows(2).all(|w| w[0].0 <= w[1].0));
+            assert!(liveness_bound(schedule.max_latency) < Duration::from_secs(30));
+        }
+    }
+}
