@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use proptest::prelude::*;
 use remote_tagger::domain::Cardinality;
-use remote_tagger::harness::{self, CONVERGE_STEPS, HarnessConfig, Op};
+use remote_tagger::harness::{self, CONVERGE_STEPS, HarnessConfig, NetworkConfig, Op};
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0u32..5_000).prop_map(|millis| Op::Advance { millis }),
         1 => (500_000u32..900_000).prop_map(|millis| Op::Advance { millis }),
         3 => Just(Op::AdvanceToTimeout),
+        3 => Just(Op::NetworkStep),
         5 => Just(Op::AcceptOpen),
         2 => Just(Op::FailOpen),
         6 => (1u8..6).prop_map(|count| Op::Deliver { count }),
@@ -23,6 +24,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::DeleteUnknown),
         1 => any::<u8>().prop_map(|kind| Op::Malformed { kind }),
         1 => Just(Op::ServerRestart),
+        1 => Just(Op::ServerDropStreams),
+        1 => Just(Op::Partition),
+        1 => Just(Op::Hold),
+        1 => Just(Op::Heal),
+        1 => (0u16..200, 0u16..100).prop_map(|(millis, jitter_millis)| Op::SetLatency { millis, jitter_millis }),
+        1 => (0u16..300).prop_map(|per_mille| Op::SetLoss { per_mille }),
         1 => any::<bool>().prop_map(|enabled| Op::SetExtensions { enabled }),
         2 => (any::<u8>(), any::<u8>()).prop_map(|(kind, back)| Op::Stale { kind, back }),
     ]
@@ -45,6 +52,7 @@ fn config() -> impl Strategy<Value = HarnessConfig> {
                 extensions,
                 chunk_events,
                 log_capacity,
+                network: NetworkConfig::default(),
             },
         )
 }

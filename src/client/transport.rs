@@ -149,9 +149,13 @@ fn load_identity(
 }
 
 /// Reads the bearer token: trimmed, and never echoed in errors.
-pub(crate) async fn read_token(path: &Path) -> Result<String, String> {
-    let text = tokio::fs::read_to_string(path)
-        .await
+///
+/// A blocking read, on purpose: the file is a few dozen bytes on a local
+/// disk, read once per stream, which costs less than `tokio::fs`'s hop to the
+/// blocking pool, and that hop completes on a real thread at a real-time
+/// moment, which made the turmoil simulations non-deterministic.
+pub(crate) fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read auth token file {}: {e}", path.display()))?;
     let token = text.trim();
     if token.is_empty() {
@@ -166,7 +170,7 @@ pub(crate) async fn connect(
     config: &ClientConfig,
     dialer: Arc<dyn Dialer>,
 ) -> Result<(AgentSecureClient<Channel>, String), String> {
-    let token = read_token(&config.auth_token_file).await?;
+    let token = read_token(&config.auth_token_file)?;
     let tls = match rustls_config(&config.tls).map_err(|e| e.to_string())? {
         None => None,
         Some(rustls) => {

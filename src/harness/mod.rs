@@ -4,19 +4,28 @@
 //! proptest, the fuzzer and the pure simulation tier drive the core through
 //! this one harness, so the invariants are written once. Everything here is
 //! pure and deterministic: time is a number the harness advances.
+//!
+//! Explicit ops (accept this open, deliver that message) let proptest reach
+//! any interleaving; [`Op::NetworkStep`] instead lets the emulated
+//! [`network`] decide, with latency, loss, partitions and holds, which is
+//! what the seeded [`scenario`]s of the pure simulation tier use.
 
 mod model_server;
+mod network;
+pub mod scenario;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 pub use model_server::{ModelServer, harness_entity, harness_id};
+pub use network::{NetworkConfig, Reachability};
 
 use crate::core::{ClientCore, Command, ConnectionId, CoreConfig, Event, Timer};
 use crate::domain::{Cardinality, Entity, EntityId};
 use crate::mirror::MirrorWriter;
 use crate::proto::model::{self as pb, StreamTagsResponse};
+use network::{Link, LinkEvent, Network, OpenStream};
 
 /// Prefixes the harness's entities use (a subscription picks a subset).
 pub const HARNESS_PREFIXES: [&str; 3] = ["container_id", "kubernetes_pod_uid", "process"];
@@ -35,6 +44,10 @@ pub enum Op {
     Advance { millis: u32 },
     /// Time jumps straight to the core's next deadline, which fires.
     AdvanceToTimeout,
+    /// Time jumps to whichever comes first, the core's deadline or the
+    /// network's next event (an open resolving, a message arriving, a
+    /// stream dying, a server keep-alive), and that happens.
+    NetworkStep,
     /// The pending open succeeds: headers arrive and the server queues its
     /// first responses (a snapshot, or a resume).
     AcceptOpen,
@@ -56,6 +69,19 @@ pub enum Op {
     Malformed { kind: u8 },
     /// The server restarts: new epoch, change log lost, open stream broken.
     ServerRestart,
+    /// The server drops its streams but keeps its store instance (same
+    /// epoch, change log intact), as when it evicts a slow subscriber.
+    ServerDropStreams,
+    /// The network drops everything between client and server.
+    Partition,
+    /// The network holds everything between client and server back.
+    Hold,
+    /// Partitions heal, holds are released.
+    Heal,
+    /// New one-way latency and jitter for messages sent from now on.
+    SetLatency { millis: u16, jitter_millis: u16 },
+    /// New chance, per thousand, that a message is lost (killing its stream).
+    SetLoss { per_mille: u16 },
     /// The server starts or stops speaking the extensions (plain Datadog).
     SetExtensions { enabled: bool },
     /// An input for an attempt that is not the current one.
@@ -77,6 +103,10 @@ pub struct HarnessConfig {
     pub chunk_events: usize,
     /// Changes the server's log keeps for resumes.
     pub log_capacity: usize,
+    /// The emulated network (instant and lossless by default). The fuzzer
+    /// keeps the default and drives the network through explicit ops.
+    #[cfg_attr(feature = "fuzzing", arbitrary(default))]
+    pub network: NetworkConfig,
 }
 
 impl Default for HarnessConfig {
@@ -88,20 +118,9 @@ impl Default for HarnessConfig {
             extensions: true,
             chunk_events: 3,
             log_capacity: 8,
+            network: NetworkConfig::default(),
         }
     }
-}
-
-/// What the driver holds: nothing, a pending open, or an open stream with the
-/// responses the server has queued on it.
-#[derive(Debug)]
-enum Link {
-    Idle,
-    Pending(ConnectionId),
-    Open {
-        id: ConnectionId,
-        queue: VecDeque<StreamTagsResponse>,
-    },
 }
 
 /// The core, the model server between them, and the reference state the
@@ -113,6 +132,7 @@ pub struct Harness {
     start: Instant,
     now: Instant,
     link: Link,
+    network: Network,
     /// Ids of every attempt so far, for stale inputs.
     attempts: Vec<ConnectionId>,
     /// When the current stream last showed life (open or message).
@@ -173,6 +193,7 @@ impl Harness {
                 config.chunk_events,
                 config.log_capacity,
             ),
+            network: Network::new(config.network.clone(), config.seed),
             config,
             start,
             now: start,
@@ -200,28 +221,36 @@ impl Harness {
         &self.trace
     }
 
+    /// The current simulated time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Simulated time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// Where the network stands.
+    pub fn reachability(&self) -> Reachability {
+        self.network.reachability
+    }
+
     /// Runs one op, then checks every invariant.
     pub fn step(&mut self, op: &Op) -> Result<(), Violation> {
         self.record(format!("op {op:?}"));
         match *op {
             Op::Advance { millis } => {
-                self.now += Duration::from_millis(u64::from(millis));
-                self.fire_timers()?;
+                self.advance_to(self.now + Duration::from_millis(u64::from(millis)))?;
             }
             Op::AdvanceToTimeout => {
                 if let Some(timeout) = self.core.poll_timeout() {
-                    self.now = self.now.max(timeout.at);
+                    self.advance_to(self.now.max(timeout.at))?;
                 }
-                self.fire_timers()?;
             }
+            Op::NetworkStep => self.network_step()?,
             Op::AcceptOpen => self.accept_open()?,
-            Op::FailOpen => {
-                if let Link::Pending(id) = self.link {
-                    self.link = Link::Idle;
-                    self.core.handle_connect_failed(self.now, id, "refused");
-                    self.drain()?;
-                }
-            }
+            Op::FailOpen => self.fail_open("refused")?,
             Op::Deliver { count } => {
                 for _ in 0..count {
                     if !self.deliver_next()? {
@@ -230,8 +259,11 @@ impl Harness {
                 }
             }
             Op::KeepAlive => {
-                if let Link::Open { queue, .. } = &mut self.link {
-                    queue.push_back(self.server.keep_alive());
+                if let Link::Open(stream) = &mut self.link {
+                    stream.queue.push_back(network::InFlight {
+                        arrives_at: self.now,
+                        response: self.server.keep_alive(),
+                    });
                     self.deliver_next()?;
                 }
             }
@@ -250,6 +282,22 @@ impl Harness {
                 self.server.restart();
                 self.break_link("server restarted")?;
             }
+            Op::ServerDropStreams => self.break_link("server dropped the stream")?,
+            Op::Partition => self
+                .network
+                .cut(Reachability::Partitioned, &mut self.link, self.now),
+            Op::Hold => self
+                .network
+                .cut(Reachability::Held, &mut self.link, self.now),
+            Op::Heal => self.network.heal(&mut self.link, self.now),
+            Op::SetLatency {
+                millis,
+                jitter_millis,
+            } => {
+                self.network.config.latency = Duration::from_millis(u64::from(millis));
+                self.network.config.jitter = Duration::from_millis(u64::from(jitter_millis));
+            }
+            Op::SetLoss { per_mille } => self.network.config.loss_per_mille = per_mille,
             Op::SetExtensions { enabled } => self.server.set_extensions(enabled),
             Op::Stale { kind, back } => self.stale_input(kind, back)?,
         }
@@ -261,15 +309,18 @@ impl Harness {
     /// time it took.
     pub fn converge(&mut self, max_steps: usize) -> Result<Duration, Violation> {
         let began = self.now;
+        self.step(&Op::Heal)?;
+        self.step(&Op::SetLoss { per_mille: 0 })?;
         for _ in 0..max_steps {
             match &self.link {
                 Link::Pending(_) => self.step(&Op::AcceptOpen)?,
-                Link::Open { queue, .. } if !queue.is_empty() => {
+                Link::Open(stream) if !stream.queue.is_empty() => {
                     self.step(&Op::Deliver { count: u8::MAX })?
                 }
-                Link::Open { .. } if self.core.is_synced() => return Ok(self.now - began),
-                _ if self.never_syncs() => return Ok(self.now - began),
-                _ => self.step(&Op::AdvanceToTimeout)?,
+                _ if self.settled() => return Ok(self.now - began),
+                // A backoff to wait out, or a stream doomed by a loss or a
+                // partition to see die.
+                _ => self.step(&Op::NetworkStep)?,
             }
         }
         Err(Violation(format!(
@@ -285,12 +336,59 @@ impl Harness {
         !self.server.extensions() && self.expected_store().is_empty()
     }
 
-    fn fire_timers(&mut self) -> Result<(), Violation> {
+    /// Runs the network alone (no new faults) until `at`, or until the
+    /// client is synced with nothing in flight on a healthy stream.
+    /// Returns whether it settled.
+    pub fn run_network_until(
+        &mut self,
+        at: Instant,
+        stop_when_settled: bool,
+    ) -> Result<bool, Violation> {
+        loop {
+            if stop_when_settled && self.settled() {
+                return Ok(true);
+            }
+            if self.next_deadline() > at {
+                self.advance_to(at)?;
+                return Ok(stop_when_settled && self.settled());
+            }
+            self.step(&Op::NetworkStep)?;
+        }
+    }
+
+    /// Synced, nothing in flight, on a stream that will not die: with the
+    /// server quiet, nothing changes any more (but keep-alives).
+    pub fn settled(&self) -> bool {
+        let healthy = match &self.link {
+            Link::Open(stream) => {
+                stream.queue.is_empty() && stream.lost_at.is_none() && stream.stall.is_none()
+            }
+            _ => false,
+        };
+        (healthy && self.core.is_synced()) || self.never_syncs()
+    }
+
+    /// The earliest of the core's deadline and the network's next event.
+    fn next_deadline(&self) -> Instant {
+        let timer = self
+            .core
+            .poll_timeout()
+            .map(|timeout| timeout.at)
+            .unwrap_or(self.now);
+        match self.network.next_event(&self.link) {
+            Some((at, _)) => timer.min(at).max(self.now),
+            None => timer.max(self.now),
+        }
+    }
+
+    /// Time moves to `at`, each timer firing at its own deadline on the way.
+    fn advance_to(&mut self, at: Instant) -> Result<(), Violation> {
         // Timers may chain (a reconnect fires, then its watchdog): fire all due.
         while let Some(timeout) = self.core.poll_timeout() {
-            if timeout.at > self.now {
+            if timeout.at > at {
                 break;
             }
+            self.now = self.now.max(timeout.at);
             if timeout.timer == Timer::ReceiveWatchdog {
                 let silent = self.now - self.last_activity;
                 ensure!(
@@ -305,28 +403,87 @@ impl Harness {
                 "timer {timeout:?} fired without moving"
             );
         }
+        self.now = self.now.max(at);
         Ok(())
     }
 
-    fn accept_open(&mut self) -> Result<(), Violation> {
-        let Link::Pending(id) = self.link else {
+    /// Time jumps to the next deadline; if it is the network's, its event happens.
+    fn network_step(&mut self) -> Result<(), Violation> {
+        let at = self.next_deadline();
+        self.advance_to(at)?;
+        // A timer may have changed the link: ask again what is due now.
+        let Some((due, event)) = self.network.next_event(&self.link) else {
             return Ok(());
         };
+        if due > self.now {
+            return Ok(());
+        }
+        self.record(format!("net {event:?}"));
+        match event {
+            LinkEvent::Accept => self.accept_open(),
+            LinkEvent::Fail => self.fail_open("connect timed out or refused"),
+            LinkEvent::Die => self.break_link("keep-alive timeout or connection reset"),
+            LinkEvent::Arrive => self.deliver_next().map(drop),
+            LinkEvent::ServerKeepAlive => {
+                let response = self.server.keep_alive();
+                self.send(response);
+                Ok(())
+            }
+        }
+    }
+
+    fn accept_open(&mut self) -> Result<(), Violation> {
+        let Link::Pending(pending) = &self.link else {
+            return Ok(());
+        };
+        let id = pending.id;
         let request = self.server.last_request().cloned().unwrap_or_default();
-        let queue = self.server.subscribe(&request).into();
-        self.link = Link::Open { id, queue };
+        let responses = self.server.subscribe(&request);
+        self.link = Link::Open(self.network.accepted(id, self.now));
+        for response in responses {
+            self.send(response);
+        }
         self.core.handle_connected(self.now, id);
         self.drain()
     }
 
-    /// Delivers the next queued response; false if there was none.
+    fn fail_open(&mut self, reason: &str) -> Result<(), Violation> {
+        if let Link::Pending(pending) = &self.link {
+            let id = pending.id;
+            self.link = Link::Idle;
+            self.core.handle_connect_failed(self.now, id, reason);
+            self.drain()?;
+        }
+        Ok(())
+    }
+
+    /// The server sends `response` on the open stream, through the network.
+    fn send(&mut self, response: StreamTagsResponse) {
+        if let Link::Open(stream) = &mut self.link {
+            self.network.send(stream, response, self.now);
+        }
+    }
+
+    /// Delivers the next queued response, due or not; false if there was
+    /// none (or the stream died of a message lost before it).
     fn deliver_next(&mut self) -> Result<bool, Violation> {
-        let Link::Open { id, queue } = &mut self.link else {
+        let Link::Open(OpenStream {
+            id, queue, lost_at, ..
+        }) = &mut self.link
+        else {
             return Ok(false);
         };
         let id = *id;
-        let Some(response) = queue.pop_front() else {
+        let Some(head) = queue.front() else {
             return Ok(false);
+        };
+        if lost_at.is_some_and(|lost| head.arrives_at >= lost) {
+            // TCP cannot skip a lost message: the connection resets instead.
+            self.break_link("connection reset after a lost message")?;
+            return Ok(false);
+        }
+        let Some(network::InFlight { response, .. }) = queue.pop_front() else {
+            unreachable!("the head was just there")
         };
         let good = self.is_good_message(&response);
         self.last_activity = self.now;
@@ -353,25 +510,27 @@ impl Harness {
     fn break_link(&mut self, reason: &str) -> Result<(), Violation> {
         match std::mem::replace(&mut self.link, Link::Idle) {
             Link::Idle => return Ok(()),
-            Link::Pending(id) => self.core.handle_connect_failed(self.now, id, reason),
-            Link::Open { id, .. } => self.core.handle_stream_closed(self.now, id, reason),
+            Link::Pending(pending) => self
+                .core
+                .handle_connect_failed(self.now, pending.id, reason),
+            Link::Open(stream) => self.core.handle_stream_closed(self.now, stream.id, reason),
         }
         self.drain()
     }
 
     /// Queues the server's live response for a change on the open stream.
     fn queue_live(&mut self, change: Option<crate::domain::EntityEvent>) {
-        let (Some(change), Link::Open { queue, .. }) = (change, &mut self.link) else {
-            return;
-        };
-        if let Some(response) = self.server.live_response(&change) {
-            queue.push_back(response);
+        if let (Some(change), Link::Open(_)) = (change, &self.link)
+            && let Some(response) = self.server.live_response(&change)
+        {
+            self.send(response);
         }
     }
 
     fn queue_raw(&mut self, events: Vec<pb::StreamTagsEvent>) {
-        if let Link::Open { queue, .. } = &mut self.link {
-            queue.push_back(self.server.raw_response(events));
+        if let Link::Open(_) = &self.link {
+            let response = self.server.raw_response(events);
+            self.send(response);
         }
     }
 
@@ -442,14 +601,11 @@ impl Harness {
                     );
                     self.attempts.push(id);
                     self.server.record_request(request);
-                    self.link = Link::Pending(id);
+                    self.link = Link::Pending(self.network.open(id, self.now));
                     self.last_activity = self.now;
                 }
                 Command::CloseStream { id } => {
-                    let live = match &self.link {
-                        Link::Pending(live) | Link::Open { id: live, .. } => Some(*live),
-                        Link::Idle => None,
-                    };
+                    let live = self.link.id();
                     ensure!(live == Some(id), "close of {id}, which is not live");
                     self.link = Link::Idle;
                 }
@@ -460,9 +616,7 @@ impl Harness {
             if let Event::ConnectionLost { retry_in, .. } = event {
                 self.check_backoff(retry_in)?;
                 // The core reports the loss of the attempt it was on.
-                if let Link::Pending(_) | Link::Open { .. } = self.link {
-                    self.link = Link::Idle;
-                }
+                self.link = Link::Idle;
             }
         }
         if let Some(timeout) = self.core.poll_timeout() {
@@ -492,9 +646,8 @@ impl Harness {
     /// Invariants that hold after every step.
     fn check(&self) -> Result<(), Violation> {
         ensure!(self.core.poll_timeout().is_some(), "no timer is armed");
-        let live = matches!(self.link, Link::Pending(_) | Link::Open { .. });
         ensure!(
-            live == self.core.current_connection().is_some(),
+            self.link.id() == self.core.current_connection(),
             "driver holds {:?} but the core is on {:?}",
             self.link,
             self.core.current_connection()
@@ -515,8 +668,9 @@ impl Harness {
                 "mirror differs from the server store at {point:?}:\nmirror   {mirror:?}\nexpected {expected:?}"
             );
         }
+        // A lost message is not in the queue, but the mirror misses it.
         let drained = match &self.link {
-            Link::Open { queue, .. } => queue.is_empty(),
+            Link::Open(stream) => stream.queue.is_empty() && stream.lost_at.is_none(),
             _ => false,
         };
         if self.core.is_synced() && drained {

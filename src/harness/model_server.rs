@@ -27,6 +27,8 @@ pub struct ModelServer {
     subscription: Option<Subscription>,
     last_request: Option<StreamTagsRequest>,
     history: BTreeMap<(String, u64), View>,
+    snapshots_sent: u64,
+    resumes_sent: u64,
 }
 
 struct Subscription {
@@ -51,9 +53,26 @@ impl ModelServer {
             subscription: None,
             last_request: None,
             history: BTreeMap::new(),
+            snapshots_sent: 0,
+            resumes_sent: 0,
         };
         server.restart();
         server
+    }
+
+    /// Streams answered with a full snapshot (what resuming saves).
+    pub fn snapshots_sent(&self) -> u64 {
+        self.snapshots_sent
+    }
+
+    /// Streams answered with a resume instead of a snapshot.
+    pub fn resumes_sent(&self) -> u64 {
+        self.resumes_sent
+    }
+
+    /// The current store instance's identity.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     pub fn extensions(&self) -> bool {
@@ -125,8 +144,10 @@ impl ModelServer {
                 .collect();
             let mut response = self.response(events, true);
             response.resumed = true;
+            self.resumes_sent += 1;
             vec![response]
         } else {
+            self.snapshots_sent += 1;
             self.snapshot(&subscription)
         };
         self.subscription = Some(subscription);

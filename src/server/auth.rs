@@ -146,7 +146,7 @@ impl Authenticator {
     /// `Ok` when `metadata` carries `authorization: Bearer <the token>`.
     pub(crate) async fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
         let presented = bearer_token(metadata)?;
-        let expected = self.current_token().await;
+        let expected = self.current_token();
         if constant_time_eq(presented, &expected.0) {
             Ok(())
         } else {
@@ -154,11 +154,16 @@ impl Authenticator {
         }
     }
 
-    async fn current_token(&self) -> Token {
+    /// The token in force. The file is read with a blocking read, on
+    /// purpose: a few dozen bytes on a local disk, once per request, cost less
+    /// than `tokio::fs`'s hop to the blocking pool, and that hop completes on
+    /// a real thread at a real-time moment, which made the turmoil
+    /// simulations non-deterministic.
+    fn current_token(&self) -> Token {
         match &self.source {
             TokenSource::Fixed(token) => token.clone(),
             TokenSource::File { path, last_good } => {
-                let fresh = match tokio::fs::read(path).await {
+                let fresh = match std::fs::read(path) {
                     Ok(contents) => Token::from_file_contents(&contents).map_err(|e| e.to_string()),
                     Err(error) => Err(error.to_string()),
                 };

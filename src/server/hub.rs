@@ -154,6 +154,12 @@ impl StoreHandle {
         self.state().store.revision()
     }
 
+    /// The matching entities as the store holds them now: what a checker
+    /// compares a client's mirror with (simulations, tests).
+    pub fn snapshot(&self, filter: &PrefixFilter) -> Snapshot {
+        self.state().store.snapshot(filter)
+    }
+
     /// A snapshot of the counters and gauges.
     pub fn stats(&self) -> ServerStats {
         let (revision, entities) = {
