@@ -19,13 +19,13 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 pub use model_server::{ModelServer, harness_entity, harness_id};
-pub use network::{NetworkConfig, Reachability};
+pub use network::NetworkConfig;
 
 use crate::core::{ClientCore, Command, ConnectionId, CoreConfig, Event, Timer};
 use crate::domain::{Cardinality, Entity, EntityId};
 use crate::mirror::MirrorWriter;
 use crate::proto::model::{self as pb, StreamTagsResponse};
-use network::{Link, LinkEvent, Network, OpenStream};
+use network::{Link, LinkEvent, Network, OpenStream, Reachability};
 
 /// Prefixes the harness's entities use (a subscription picks a subset).
 pub const HARNESS_PREFIXES: [&str; 3] = ["container_id", "kubernetes_pod_uid", "process"];
@@ -229,11 +229,6 @@ impl Harness {
     /// Simulated time since the start.
     pub fn elapsed(&self) -> Duration {
         self.now - self.start
-    }
-
-    /// Where the network stands.
-    pub fn reachability(&self) -> Reachability {
-        self.network.reachability
     }
 
     /// Runs one op, then checks every invariant.

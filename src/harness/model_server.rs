@@ -70,11 +70,6 @@ impl ModelServer {
         self.resumes_sent
     }
 
-    /// The current store instance's identity.
-    pub fn epoch(&self) -> &str {
-        &self.epoch
-    }
-
     pub fn extensions(&self) -> bool {
         self.extensions
     }
