@@ -32,13 +32,13 @@ use remote_tagger::domain::{Cardinality, EntityEvent, EntityId};
 use remote_tagger::proto::api::agent_secure_client::AgentSecureClient;
 use remote_tagger::proto::model::{StreamTagsRequest, StreamTagsResponse};
 use remote_tagger::server::{
-    DEFAULT_CHANGE_LOG_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, Epoch, PrefixFilter, ServeConfig,
-    ServeError, Server, ServerStats, Source, Store, StoreHandle,
+    DEFAULT_CHANGE_LOG_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, Epoch, PrefixFilter, RunningServer,
+    ServeConfig, Server, ServerStats, Source, Store, StoreHandle,
 };
 use remote_tagger::workload::{Workload, WorkloadConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
@@ -845,8 +845,7 @@ struct BenchServer {
     dir: tempfile::TempDir,
     addr: SocketAddr,
     store: StoreHandle,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), ServeError>>,
+    running: RunningServer,
 }
 
 impl BenchServer {
@@ -863,19 +862,15 @@ impl BenchServer {
             churn_per_sec: 0.0,
         };
         tweak(&mut config);
-        let server = Server::bind(config).await.expect("the server starts");
-        let addr = server.local_addr();
-        let store = server.store().clone();
-        let (shutdown, signal) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async {
-            let _ = signal.await;
-        }));
+        let running = Server::bind(config)
+            .await
+            .expect("the server starts")
+            .spawn();
         Self {
             dir,
-            addr,
-            store,
-            shutdown,
-            task,
+            addr: running.local_addr(),
+            store: running.store().clone(),
+            running,
         }
     }
 
@@ -895,12 +890,8 @@ impl BenchServer {
     }
 
     async fn stop(self) {
-        let _ = self.shutdown.send(());
-        let result = patient("the server's shutdown", self.task).await;
-        check(
-            matches!(result, Ok(Ok(()))),
-            "the server shuts down cleanly",
-        );
+        let result = patient("the server's shutdown", self.running.stop()).await;
+        check(matches!(result, Ok(())), "the server shuts down cleanly");
     }
 }
 

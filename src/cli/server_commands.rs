@@ -147,13 +147,12 @@ pub async fn demo(args: DemoArgs) -> CliResult {
             "demo: generating a {entities}-entity node workload (seed {seed}), churning {churn_per_sec} events/s"
         );
     }
-    let server = Server::bind(config).await.map_err(|e| e.to_string())?;
+    let server = Server::bind(config)
+        .await
+        .map_err(|e| e.to_string())?
+        .spawn();
     let address = server.local_addr();
     let store = server.store().clone();
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.run(async {
-        let _ = server_stopped.await;
-    }));
     println!("demo: server listening on {address} with TLS (self-signed P-256) and a bearer token");
 
     let mut client_config = ClientConfig::new(address.to_string(), &token_file);
@@ -248,11 +247,7 @@ pub async fn demo(args: DemoArgs) -> CliResult {
     }
     let telemetry = tagger.status().borrow().telemetry.clone();
     tagger.stop().await;
-    let _ = stop_server.send(());
-    serving
-        .await
-        .map_err(|e| format!("the demo server task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
+    server.stop().await.map_err(|e| e.to_string())?;
     println!(
         "demo: done: {} responses received, {} entity updates applied, {} stream errors",
         telemetry.receives, telemetry.updated_entities, telemetry.stream_errors

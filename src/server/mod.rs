@@ -442,6 +442,52 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Runs the server on its own task until [`RunningServer::stop`]: for
+    /// programs that serve and do something else (tests, benchmarks, `demo`).
+    pub fn spawn(self) -> RunningServer {
+        let local_addr = self.local_addr;
+        let store = self.store().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(self.run(async {
+            // A dropped sender stops the server too.
+            let _ = stopped.await;
+        }));
+        RunningServer {
+            local_addr,
+            store,
+            stop,
+            task,
+        }
+    }
+}
+
+/// A server spawned by [`Server::spawn`].
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    store: StoreHandle,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn store(&self) -> &StoreHandle {
+        &self.store
+    }
+
+    /// Shuts the server down gracefully and waits for it.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|e| ServeError::Transport(format!("the server task failed: {e}")))?
+    }
+}
+
 /// Runs the whole server from `config` until `shutdown` resolves (the CLI
 /// passes SIGINT/SIGTERM).
 pub async fn serve(

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use remote_tagger::client::{ClientConfig, TlsMode, TlsSettings};
 use remote_tagger::domain::{Entity, EntityId};
-use remote_tagger::server::{ServeConfig, ServeError, Server, ServerStats, Source, StoreHandle};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use remote_tagger::server::{RunningServer, ServeConfig, Server, ServerStats, Source, StoreHandle};
 
 /// Only to keep a broken test from hanging: nothing here should take long.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -28,8 +26,7 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub addr: std::net::SocketAddr,
     pub store: StoreHandle,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), ServeError>>,
+    running: RunningServer,
 }
 
 pub fn config_in(dir: &Path) -> ServeConfig {
@@ -52,19 +49,12 @@ impl TestServer {
     pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
         let mut config = config_in(dir.path());
         tweak(&mut config);
-        let server = Server::bind(config).await.unwrap();
-        let addr = server.local_addr();
-        let store = server.store().clone();
-        let (shutdown, signal) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async {
-            let _ = signal.await;
-        }));
+        let running = Server::bind(config).await.unwrap().spawn();
         Self {
             dir,
-            addr,
-            store,
-            shutdown: Some(shutdown),
-            task,
+            addr: running.local_addr(),
+            store: running.store().clone(),
+            running,
         }
     }
 
@@ -85,13 +75,9 @@ impl TestServer {
         .await
     }
 
-    pub async fn stop(mut self) -> tempfile::TempDir {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        within("server shutdown", &mut self.task)
+    pub async fn stop(self) -> tempfile::TempDir {
+        within("server shutdown", self.running.stop())
             .await
-            .unwrap()
             .unwrap();
         self.dir
     }
