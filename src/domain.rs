@@ -124,22 +124,22 @@ impl std::str::FromStr for Cardinality {
     }
 }
 
-/// Whether `prefix` is one of [`KNOWN_PREFIXES`] (a `match`, not a scan:
-/// this runs for every event received).
-fn is_known_prefix(prefix: &str) -> bool {
-    matches!(
-        prefix,
-        "container_id"
-            | "container_image_metadata"
-            | "ecs_task"
-            | "host"
-            | "deployment"
-            | "kubernetes_metadata"
-            | "kubernetes_pod_uid"
-            | "process"
-            | "internal"
-            | "gpu"
-    )
+/// The position of `prefix` in [`KNOWN_PREFIXES`], if it is one (a `match`,
+/// not a scan: this runs for every event received and every query).
+pub fn known_prefix_index(prefix: &str) -> Option<u8> {
+    Some(match prefix {
+        "container_id" => 0,
+        "container_image_metadata" => 1,
+        "ecs_task" => 2,
+        "host" => 3,
+        "deployment" => 4,
+        "kubernetes_metadata" => 5,
+        "kubernetes_pod_uid" => 6,
+        "process" => 7,
+        "internal" => 8,
+        "gpu" => 9,
+        _ => return None,
+    })
 }
 
 /// An entity's identity, `prefix://uid`, with a known prefix and a non-empty
@@ -203,7 +203,7 @@ impl EntityId {
         if prefix.is_empty() {
             return Err(DomainError::EmptyPrefix);
         }
-        if !is_known_prefix(prefix) {
+        if known_prefix_index(prefix).is_none() {
             return Err(DomainError::UnknownPrefix(prefix.to_owned()));
         }
         if uid.is_empty() {
@@ -230,6 +230,23 @@ impl EntityId {
 
     pub fn uid(&self) -> &str {
         &self.text[usize::from(self.prefix_len) + ID_SEPARATOR.len()..]
+    }
+
+    /// The position of the prefix in [`KNOWN_PREFIXES`].
+    pub fn prefix_index(&self) -> u8 {
+        known_prefix_index(self.prefix()).expect("an EntityId's prefix is known")
+    }
+
+    /// Splits the text form `prefix://uid` into the position of its prefix
+    /// in [`KNOWN_PREFIXES`] and its uid, without allocating; `None` if it
+    /// is not a valid id.
+    pub fn split_known(text: &str) -> Option<(u8, &str)> {
+        // A byte search, not `split_once`: this runs for every query, and a
+        // known prefix has no ':' of its own.
+        let colon = text.bytes().position(|byte| byte == b':')?;
+        let index = known_prefix_index(&text[..colon])?;
+        let uid = text[colon..].strip_prefix(ID_SEPARATOR)?;
+        (!uid.is_empty()).then_some((index, uid))
     }
 
     pub fn to_proto(&self) -> pb::EntityId {
@@ -425,6 +442,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn prefix_indexes_are_positions_in_known_prefixes_and_none_prefixes_another() {
+        for (position, prefix) in KNOWN_PREFIXES.iter().enumerate() {
+            assert_eq!(known_prefix_index(prefix), Some(position as u8));
+            // The mirror orders ids by (prefix, uid), which is their text
+            // order only while no prefix starts another.
+            for other in KNOWN_PREFIXES.iter().filter(|other| *other != prefix) {
+                assert!(!other.starts_with(prefix), "{other} starts with {prefix}");
+            }
+        }
+        assert_eq!(known_prefix_index("unknown"), None);
+        assert_eq!(EntityId::split_known("process://12"), Some((7, "12")));
+        assert_eq!(EntityId::split_known("process://"), None);
+        assert_eq!(EntityId::split_known("nope://12"), None);
+        assert_eq!(EntityId::split_known("process:12"), None);
+    }
+
+    #[test]
     fn entity_id_round_trips_and_rejects_malformed() {
         let id = EntityId::parse("container_id://abc").unwrap();
         assert_eq!((id.prefix(), id.uid()), ("container_id", "abc"));
@@ -445,7 +479,10 @@ mod tests {
         // A uid may itself hold the separator: only the first one splits.
         assert_eq!(EntityId::parse("host://a://b").unwrap().uid(), "a://b");
         for prefix in KNOWN_PREFIXES {
-            assert!(is_known_prefix(prefix), "{prefix} is in both lists");
+            assert!(
+                known_prefix_index(prefix).is_some(),
+                "{prefix} is in both lists"
+            );
         }
     }
 

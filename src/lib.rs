@@ -17,6 +17,14 @@ pub mod proto {
         }
     }
     pub use datadog::api::v1 as api;
+
+    /// The server's twin of `datadog.api.v1.AgentSecure`, whose stream
+    /// responses carry already encoded events
+    /// (`proto/remote_tagger/server_wire.proto`).
+    #[allow(missing_docs, clippy::all)]
+    pub mod server_wire {
+        include!(concat!(env!("OUT_DIR"), "/server_wire/datadog.api.v1.rs"));
+    }
     pub use datadog::model::v1 as model;
 
     /// The encoded descriptors of `proto/` (imports included), for gRPC

@@ -12,8 +12,9 @@ use tonic::{Code, Request, Status};
 
 use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, KNOWN_PREFIXES};
 use crate::harness::{harness_entity, harness_id};
-use crate::proto::api::agent_secure_server::AgentSecure;
 use crate::proto::model::{self as pb, FetchEntityRequest, StreamTagsRequest, StreamTagsResponse};
+use crate::proto::server_wire::EncodedStreamTagsResponse;
+use crate::proto::server_wire::agent_secure_server::AgentSecure;
 use crate::server::{
     Authenticator, Epoch, PrefixFilter, ServiceConfig, Store, StoreHandle, TaggerService,
     diff_entities, parse_entities_file,
@@ -438,7 +439,7 @@ impl Caller<'_> {
 
 /// The client end of one stream: what it received so far, as a store.
 struct StreamClient {
-    responses: tokio_stream::wrappers::ReceiverStream<Result<StreamTagsResponse, Status>>,
+    responses: tokio_stream::wrappers::ReceiverStream<Result<EncodedStreamTagsResponse, Status>>,
     filter: PrefixFilter,
     cardinality: Cardinality,
     epoch: String,
@@ -447,11 +448,15 @@ struct StreamClient {
 }
 
 impl StreamClient {
+    /// The next response as a client decodes it from the wire.
     async fn next(&mut self) -> Result<StreamTagsResponse, Status> {
         let item = tokio::time::timeout(STALL, self.responses.next())
             .await
             .unwrap_or_else(|_| panic!("the stream stalled for {STALL:?}"));
-        item.expect("the stream ended without a status")
+        let response = item.expect("the stream ended without a status")?;
+        let wire = response.encode_to_vec();
+        Ok(StreamTagsResponse::decode(wire.as_slice())
+            .expect("the server's responses decode as StreamTagsResponse"))
     }
 
     /// The next response, checked and applied to the client's store.

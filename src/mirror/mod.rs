@@ -37,7 +37,7 @@ pub use record::{Tags, TagsIter};
 
 use counters::{QueryCounter, QueryCounterRegistry};
 use record::{Interner, Record};
-use store::{Op, Store, fixed_hash};
+use store::{IdKey, Op, Store};
 
 /// How an entity changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +123,7 @@ impl MirrorWriter {
         let published = published
             .enter()
             .expect("the writer keeps the mirror alive");
-        let mut changes = Vec::new();
+        let mut changes = Vec::with_capacity(events.len());
         for event in events {
             let (id, entity) = match event {
                 EntityEvent::Added(entity) | EntityEvent::Modified(entity) => {
@@ -131,11 +131,12 @@ impl MirrorWriter {
                 }
                 EntityEvent::Deleted(id) => (id, None),
             };
-            let hash = fixed_hash(id.as_str());
+            let key = IdKey::of(&id);
+            let hash = key.hash();
             let is_id = |(touched, _): &(EntityId, Option<Record>)| *touched == id;
             let before = match batch.find(hash, is_id) {
                 Some((_, record)) => record.clone(),
-                None => published.get_hashed(hash, id.as_str()).cloned(),
+                None => published.get_hashed(hash, key).cloned(),
             };
             let after = match &entity {
                 Some(entity) if before.as_ref().is_some_and(|r| r.holds(entity)) => continue,
@@ -149,7 +150,7 @@ impl MirrorWriter {
                 kind,
                 id: id.clone(),
             });
-            let rehash = |(touched, _): &(EntityId, Option<Record>)| fixed_hash(touched.as_str());
+            let rehash = |(touched, _): &(EntityId, Option<Record>)| IdKey::of(touched).hash();
             match batch.entry(hash, is_id, rehash) {
                 Entry::Occupied(mut touched) => touched.get_mut().1 = after.clone(),
                 Entry::Vacant(untouched) => {
@@ -181,30 +182,49 @@ impl MirrorWriter {
             .enter()
             .expect("the writer keeps the mirror alive");
         let mut next = Store::with_capacity(entities.len());
-        for entity in &entities {
-            let hash = fixed_hash(entity.id.as_str());
-            let previous = published.get_hashed(hash, entity.id.as_str());
+        let mut changes = Vec::with_capacity(entities.len());
+        let mut repeated_ids = false;
+        for entity in entities {
+            let key = IdKey::of(&entity.id);
+            let hash = key.hash();
+            let previous = published.get_hashed(hash, key);
             let record = match previous {
-                Some(previous) if previous.holds(entity) => previous.clone(),
-                _ => self.interner.record(entity, previous),
+                Some(previous) if previous.holds(&entity) => previous.clone(),
+                _ => self.interner.record(&entity, previous),
             };
-            next.upsert(hash, record);
+            let kind = change(previous, Some(&record));
+            if next.upsert(hash, record) {
+                repeated_ids = true;
+            } else if let Some(kind) = kind {
+                changes.push(EntityChange {
+                    kind,
+                    id: entity.id,
+                });
+            }
         }
-        let added_or_modified = next.records().filter_map(|record| {
-            let kind = change(published.get(record.id()), Some(record))?;
-            Some((kind, record))
-        });
-        let deleted = published
-            .records()
-            .filter(|record| next.get(record.id()).is_none())
-            .map(|record| (ChangeKind::Deleted, record));
-        let mut changes: Vec<EntityChange> = added_or_modified
-            .chain(deleted)
-            .map(|(kind, record)| EntityChange {
-                kind,
-                id: record.entity_id(),
-            })
-            .collect();
+        if repeated_ids {
+            // Rare: the change of a repeated id is the one of its last
+            // occurrence, which may differ from the first (or be none).
+            changes = next
+                .records()
+                .filter_map(|record| {
+                    let kind = change(published.get(record.key()), Some(record))?;
+                    Some(EntityChange {
+                        kind,
+                        id: record.entity_id(),
+                    })
+                })
+                .collect();
+        }
+        changes.extend(
+            published
+                .records()
+                .filter(|record| next.get(record.key()).is_none())
+                .map(|record| EntityChange {
+                    kind: ChangeKind::Deleted,
+                    id: record.entity_id(),
+                }),
+        );
         drop(published);
         changes.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         self.handle.append(Op::ReplaceAll(next));
@@ -269,7 +289,8 @@ impl MirrorReader {
     }
 
     fn record(&self, id: &str) -> Option<Record> {
-        self.read(|store| store.get(id).cloned(), None)
+        let key = IdKey::parse(id)?;
+        self.read(|store| store.get(key).cloned(), None)
     }
 
     fn tags_uncounted(&self, id: &str, cardinality: Cardinality) -> Tags {
@@ -300,7 +321,7 @@ impl MirrorReader {
     pub fn list(&self) -> Vec<Entity> {
         let mut records: Vec<Record> =
             self.read(|store| store.records().cloned().collect(), Vec::new());
-        records.sort_unstable_by(|a, b| a.id().cmp(b.id()));
+        records.sort_unstable_by(|a, b| a.key().cmp_text(b.key()));
         records.iter().map(Record::to_entity).collect()
     }
 

@@ -16,7 +16,7 @@ use triomphe::ThinArc;
 
 use crate::domain::{Cardinality, Entity, EntityId};
 
-use super::store::{fixed_hash, hash_texts};
+use super::store::{IdKey, fixed_hash, hash_texts};
 
 /// One interned tag string: a thin (8-byte) pointer to a refcounted
 /// `[count | len | bytes]` allocation. While a record references it, it is the
@@ -90,7 +90,8 @@ const STANDARD: usize = 2;
 struct RecordHeader {
     /// Low, orchestrator and standard tags.
     shared: [TagList; 3],
-    /// Bytes of the id at the start of the record's text.
+    /// Bytes of the id (its prefix's index, then its uid) at the start of
+    /// the record's text.
     id_len: u32,
     /// Number of high cardinality tags.
     high_count: u32,
@@ -100,10 +101,10 @@ struct RecordHeader {
 const END_WIDTH: usize = size_of::<u32>();
 
 /// An immutable entity: `[count | shared lists | id_len | high_count | len |
-/// high tag ends (u32 each) | id | high tags]` in one allocation behind a thin
-/// pointer, so a lookup compares the id without another pointer chase. An
-/// update builds a new record; readers holding the old one keep a consistent
-/// view.
+/// high tag ends (u32 each) | prefix index (1 byte) | uid | high tags]` in one
+/// allocation behind a thin pointer, so a lookup compares the id without
+/// another pointer chase. An update builds a new record; readers holding the
+/// old one keep a consistent view.
 #[derive(Clone)]
 pub(super) struct Record(ThinArc<RecordHeader, u8>);
 
@@ -112,25 +113,30 @@ impl Record {
         &self.0.header.header
     }
 
-    /// The id and the high tags, concatenated.
+    /// The id (prefix index byte and uid) and the high tags, concatenated.
     fn text(&self) -> &str {
         let ends_len = self.header().high_count as usize * END_WIDTH;
-        // SAFETY: `Interner::record` writes the table of ends, then only
-        // whole `&str`s (the id, then each high tag), and the `ThinArc` is
+        // SAFETY: `Interner::record` writes the table of ends, then the
+        // prefix index (a byte below 128: one ASCII char, as
+        // `KNOWN_PREFIXES` is short) and only whole `&str`s (the uid, then
+        // each high tag), and the `ThinArc` is
         // never mutated after, so the bytes after the table are valid UTF-8.
         // Every sub-slice taken from this `&str` below is bounds- and
         // char-boundary-checked. `non_ascii_tags_round_trip` tests it.
         unsafe { std::str::from_utf8_unchecked(&self.0.slice[ends_len..]) }
     }
 
-    pub(super) fn id(&self) -> &str {
-        &self.text()[..self.header().id_len as usize]
+    pub(super) fn key(&self) -> IdKey<'_> {
+        let text = self.text();
+        IdKey {
+            prefix: text.as_bytes()[0],
+            uid: &text[1..self.header().id_len as usize],
+        }
     }
 
-    /// The id as a domain value. A record is only ever built from an
-    /// [`EntityId`], so its text always parses.
+    /// The id as a domain value.
     pub(super) fn entity_id(&self) -> EntityId {
-        EntityId::parse(self.id()).expect("a record's id comes from an EntityId")
+        self.key().to_entity_id()
     }
 
     fn high(&self) -> HighTags<'_> {
@@ -308,21 +314,23 @@ impl Interner {
         let lists = [&entity.low, &entity.orchestrator, &entity.standard];
         let shared = [LOW, ORCHESTRATOR, STANDARD]
             .map(|part| self.intern_list(lists[part], previous.map(|lists| &lists[part])));
-        let id = entity.id.as_str();
+        let uid = entity.id.uid();
+        let id_len = 1 + uid.len();
         let bytes = &mut self.scratch_bytes;
         bytes.clear();
-        let mut end = id.len();
+        let mut end = id_len;
         for tag in &entity.high {
             end += tag.len();
             bytes.extend_from_slice(&offset(end).to_ne_bytes());
         }
-        bytes.extend_from_slice(id.as_bytes());
+        bytes.push(entity.id.prefix_index());
+        bytes.extend_from_slice(uid.as_bytes());
         for tag in &entity.high {
             bytes.extend_from_slice(tag.as_bytes());
         }
         let header = RecordHeader {
             shared,
-            id_len: offset(id.len()),
+            id_len: offset(id_len),
             high_count: offset(entity.high.len()),
         };
         Record(ThinArc::from_header_and_slice(header, bytes))
@@ -533,7 +541,7 @@ mod tests {
         full.orchestrator = texts(&odd[1..]);
         full.standard = texts(&odd[..2]);
         let record = interner.record(&full, None);
-        assert_eq!(record.id(), "process://ü-1");
+        assert_eq!(record.entity_id(), full.id);
         assert_eq!(record.to_entity(), full);
         let high = record.tags_for(Cardinality::High);
         assert_eq!(high, full.tags(Cardinality::High));

@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 
-use crate::domain::KNOWN_PREFIXES;
+use crate::domain::{EntityId, KNOWN_PREFIXES};
 
 use super::record::Record;
 
@@ -18,6 +18,53 @@ const FIXED_HASHER: FixedState = FixedState::with_seed(0x7a67_6765_725f_6d69);
 
 pub(super) fn fixed_hash(text: &str) -> u64 {
     FIXED_HASHER.hash_one(text)
+}
+
+/// An entity id as the mirror keeps it: the position of its prefix in
+/// [`KNOWN_PREFIXES`] and its uid. Records store one byte instead of the
+/// prefix text and `://` (15 bytes for `container_id://`), about 6 % of a
+/// record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct IdKey<'a> {
+    pub prefix: u8,
+    pub uid: &'a str,
+}
+
+impl<'a> IdKey<'a> {
+    pub(super) fn of(id: &'a EntityId) -> Self {
+        Self {
+            prefix: id.prefix_index(),
+            uid: id.uid(),
+        }
+    }
+
+    /// The key of the text form `prefix://uid`; `None` if it is not a valid
+    /// id (so no record has it).
+    pub(super) fn parse(text: &'a str) -> Option<Self> {
+        let (prefix, uid) = EntityId::split_known(text)?;
+        Some(Self { prefix, uid })
+    }
+
+    pub(super) fn hash(self) -> u64 {
+        let mut hasher = FIXED_HASHER.build_hasher();
+        hasher.write_u8(self.prefix);
+        self.uid.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    pub(super) fn prefix_text(self) -> &'static str {
+        KNOWN_PREFIXES[usize::from(self.prefix)]
+    }
+
+    /// Orders like the ids' text: no known prefix starts another, so the
+    /// prefix text decides first, then the uid.
+    pub(super) fn cmp_text(self, other: Self) -> std::cmp::Ordering {
+        (self.prefix_text(), self.uid).cmp(&(other.prefix_text(), other.uid))
+    }
+
+    pub(super) fn to_entity_id(self) -> EntityId {
+        EntityId::new(self.prefix_text(), self.uid).expect("an IdKey comes from an EntityId")
+    }
 }
 
 /// Hashes a list of strings by content, so a list can be found from the
@@ -32,7 +79,7 @@ pub(super) fn hash_texts<'a>(texts: impl ExactSizeIterator<Item = &'a str>) -> u
 }
 
 fn record_hash(record: &Record) -> u64 {
-    fixed_hash(record.id())
+    record.key().hash()
 }
 
 /// The records, keyed by id, plus the per-prefix entity counts telemetry
@@ -59,12 +106,12 @@ impl Store {
         self.records.len()
     }
 
-    pub(super) fn get(&self, id: &str) -> Option<&Record> {
-        self.get_hashed(fixed_hash(id), id)
+    pub(super) fn get(&self, key: IdKey<'_>) -> Option<&Record> {
+        self.get_hashed(key.hash(), key)
     }
 
-    pub(super) fn get_hashed(&self, hash: u64, id: &str) -> Option<&Record> {
-        self.records.find(hash, |record| record.id() == id)
+    pub(super) fn get_hashed(&self, hash: u64, key: IdKey<'_>) -> Option<&Record> {
+        self.records.find(hash, |record| record.key() == key)
     }
 
     pub(super) fn records(&self) -> impl Iterator<Item = &Record> {
@@ -81,14 +128,22 @@ impl Store {
     }
 
     /// Inserts `record`, replacing the record of the same id if any (a
-    /// snapshot may repeat an id: the last one wins).
-    pub(super) fn upsert(&mut self, hash: u64, record: Record) {
-        let id = record.id();
-        match self.records.entry(hash, |old| old.id() == id, record_hash) {
-            hashbrown::hash_table::Entry::Occupied(mut slot) => *slot.get_mut() = record,
+    /// snapshot may repeat an id: the last one wins). Returns whether it
+    /// replaced one.
+    pub(super) fn upsert(&mut self, hash: u64, record: Record) -> bool {
+        let key = record.key();
+        match self
+            .records
+            .entry(hash, |old| old.key() == key, record_hash)
+        {
+            hashbrown::hash_table::Entry::Occupied(mut slot) => {
+                *slot.get_mut() = record;
+                true
+            }
             hashbrown::hash_table::Entry::Vacant(slot) => {
-                count_entity(&mut self.by_prefix, record.id(), 1);
+                count_entity(&mut self.by_prefix, &record, 1);
                 slot.insert(record);
+                false
             }
         }
     }
@@ -100,10 +155,10 @@ impl Store {
             (Some(mut slot), Some(new)) => *slot.get_mut() = new,
             (Some(slot), None) => {
                 let (removed, _) = slot.remove();
-                count_entity(&mut self.by_prefix, removed.id(), -1);
+                count_entity(&mut self.by_prefix, &removed, -1);
             }
             (None, Some(new)) => {
-                count_entity(&mut self.by_prefix, new.id(), 1);
+                count_entity(&mut self.by_prefix, &new, 1);
                 self.records.insert_unique(hash, new, record_hash);
             }
             (None, None) => {}
@@ -111,11 +166,9 @@ impl Store {
     }
 }
 
-fn count_entity(by_prefix: &mut PrefixCounts, id: &str, delta: i64) {
-    let prefix = id.split_once("://").map_or(id, |(prefix, _)| prefix);
-    if let Some(slot) = KNOWN_PREFIXES.iter().position(|&p| p == prefix) {
-        by_prefix[slot] = by_prefix[slot].saturating_add_signed(delta);
-    }
+fn count_entity(by_prefix: &mut PrefixCounts, record: &Record, delta: i64) {
+    let slot = &mut by_prefix[usize::from(record.key().prefix)];
+    *slot = slot.saturating_add_signed(delta);
 }
 
 /// What the writer logs. Each operation is applied to both copies in the same

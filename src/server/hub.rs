@@ -9,16 +9,61 @@
 //! (it will reconnect and resync) instead of blocking the sources or growing
 //! memory.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::stats::{ServerStats, Telemetry, increment};
 use super::store::{Change, PrefixFilter, Snapshot, Store};
-use crate::domain::{Entity, EntityEvent, EntityId};
+use super::wire::encode_event;
+use crate::domain::{Cardinality, Entity, EntityEvent, EntityId};
 
 /// Changes applied together, shared by every subscriber.
-pub(crate) type ChangeBatch = Arc<[Change]>;
+pub(crate) type ChangeBatch = Arc<Batch>;
+
+/// The changes of one batch, and their encoded events for each cardinality,
+/// made by the first subscriber that needs them and shared by the others:
+/// with many subscribers, encoding is paid once per change, not once per
+/// subscriber. (A prefix filter only skips events, so it needs no encoding
+/// of its own.)
+pub(crate) struct Batch {
+    changes: Vec<Change>,
+    encoded: [OnceLock<Vec<Bytes>>; Cardinality::ALL.len()],
+}
+
+impl Batch {
+    /// Each change with its encoded `StreamTagsEvent` at `cardinality`.
+    pub(crate) fn encoded(
+        &self,
+        cardinality: Cardinality,
+    ) -> impl Iterator<Item = (&Change, &Bytes)> {
+        let encoded = self.encoded[cardinality as usize].get_or_init(|| {
+            self.changes
+                .iter()
+                .map(|change| encode_event(&change.event, cardinality))
+                .collect()
+        });
+        self.changes.iter().zip(encoded)
+    }
+}
+
+impl From<Vec<Change>> for Batch {
+    fn from(changes: Vec<Change>) -> Self {
+        Self {
+            changes,
+            encoded: Default::default(),
+        }
+    }
+}
+
+impl std::ops::Deref for Batch {
+    type Target = [Change];
+
+    fn deref(&self) -> &[Change] {
+        &self.changes
+    }
+}
 
 /// Why the hub ended a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +153,7 @@ impl StoreHandle {
             return 0;
         }
         let count = changes.len();
-        let batch: ChangeBatch = changes.into();
+        let batch = ChangeBatch::new(changes.into());
         let telemetry = &self.shared.telemetry;
         let subscribers = std::mem::take(&mut state.subscribers);
         state.subscribers = subscribers
@@ -202,7 +247,7 @@ impl StoreHandle {
             .changes_since(epoch, revision)
             .ok_or(ResumeRefused::NotInLog)?;
         Ok(Resumed {
-            changes: changes.into(),
+            changes: ChangeBatch::new(changes.into()),
             revision: state.store.revision(),
             subscription: register(&mut state, buffer),
         })

@@ -24,6 +24,7 @@ mod service;
 mod stats;
 mod store;
 mod tls;
+mod wire;
 mod workload_source;
 
 use std::convert::Infallible;

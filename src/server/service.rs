@@ -18,6 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,8 +29,9 @@ use super::hub::{ChangeBatch, ResumeRefused, Stop, StoreHandle};
 use super::stats::{GaugeGuard, Telemetry, increment};
 use super::store::{Chunker, PrefixFilter};
 use crate::domain::{Cardinality, EntityId};
-use crate::proto::api::agent_secure_server::{AgentSecure, AgentSecureServer};
 use crate::proto::model as pb;
+use crate::proto::server_wire::EncodedStreamTagsResponse;
+use crate::proto::server_wire::agent_secure_server::{AgentSecure, AgentSecureServer};
 
 /// Tunables of the streaming service; `Default` is the Datadog Agent's values.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,11 +162,11 @@ impl StreamRequest {
     }
 }
 
-type ResponseSender = mpsc::Sender<Result<pb::StreamTagsResponse, Status>>;
+type ResponseSender = mpsc::Sender<Result<EncodedStreamTagsResponse, Status>>;
 
 #[tonic::async_trait]
 impl AgentSecure for TaggerService {
-    type TaggerStreamEntitiesStream = ReceiverStream<Result<pb::StreamTagsResponse, Status>>;
+    type TaggerStreamEntitiesStream = ReceiverStream<Result<EncodedStreamTagsResponse, Status>>;
 
     async fn tagger_stream_entities(
         &self,
@@ -262,8 +264,8 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    fn response(&self, events: Vec<pb::StreamTagsEvent>, revision: u64) -> pb::StreamTagsResponse {
-        pb::StreamTagsResponse {
+    fn response(&self, events: Vec<Bytes>, revision: u64) -> EncodedStreamTagsResponse {
+        EncodedStreamTagsResponse {
             events,
             revision,
             snapshot_complete: false,
@@ -274,7 +276,7 @@ impl Sink<'_> {
 
     async fn send(
         &mut self,
-        response: pb::StreamTagsResponse,
+        response: EncodedStreamTagsResponse,
         halt: &mut Halt,
     ) -> Result<(), StreamEnd> {
         let events = response.events.len();
@@ -322,11 +324,12 @@ impl Sink<'_> {
         // Revision of the last change in the open chunk: once a client has a
         // chunk, it holds everything up to there.
         let mut chunk_revision = self.synced_revision;
-        for change in batches.iter().flat_map(|batch| batch.iter()) {
+        let cardinality = self.cardinality;
+        for (change, event) in batches.iter().flat_map(|batch| batch.encoded(cardinality)) {
             if !filter.matches(change.event.id()) {
                 continue;
             }
-            if let Some(events) = chunker.push(change.event.to_proto(self.cardinality)) {
+            if let Some(events) = chunker.push(event.clone()) {
                 let mut response = self.response(events, chunk_revision);
                 response.resumed = std::mem::take(&mut resumed);
                 self.send(response, halt).await?;

@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
-use prost::Message as _;
+use bytes::Bytes;
 
+use super::wire::encode_added;
 use crate::domain::{Cardinality, Entity, EntityEvent, EntityId};
-use crate::proto::model as pb;
 use crate::rng::SplitMix64;
 
 /// Identity of one store instance. A restarted server gets a new epoch, so a
@@ -95,13 +95,13 @@ impl PrefixFilter {
     }
 }
 
-/// Groups wire events into responses whose summed encoded event sizes stay
+/// Groups encoded events into responses whose summed event sizes stay
 /// within a byte budget. The first event of a chunk always goes, even when it
 /// alone is larger than the budget: refusing it would stall the stream forever.
 #[derive(Debug)]
 pub struct Chunker {
     budget: usize,
-    events: Vec<pb::StreamTagsEvent>,
+    events: Vec<Bytes>,
     size: usize,
 }
 
@@ -114,10 +114,11 @@ impl Chunker {
         }
     }
 
-    /// Adds `event`. When it does not fit in the current chunk, that chunk is
-    /// closed and returned, and `event` starts the next one.
-    pub fn push(&mut self, event: pb::StreamTagsEvent) -> Option<Vec<pb::StreamTagsEvent>> {
-        let len = event.encoded_len();
+    /// Adds `event` (an encoded `StreamTagsEvent`). When it does not fit in
+    /// the current chunk, that chunk is closed and returned, and `event`
+    /// starts the next one.
+    pub fn push(&mut self, event: Bytes) -> Option<Vec<Bytes>> {
+        let len = event.len();
         let closed = if !self.events.is_empty() && self.size.saturating_add(len) > self.budget {
             self.size = 0;
             Some(std::mem::take(&mut self.events))
@@ -134,7 +135,7 @@ impl Chunker {
     }
 
     /// Takes the events of the open chunk (possibly none).
-    pub fn take(&mut self) -> Vec<pb::StreamTagsEvent> {
+    pub fn take(&mut self) -> Vec<Bytes> {
         self.size = 0;
         std::mem::take(&mut self.events)
     }
@@ -165,7 +166,8 @@ impl Snapshot {
 /// One response's worth of a snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotChunk {
-    pub events: Vec<pb::StreamTagsEvent>,
+    /// Encoded `StreamTagsEvent`s.
+    pub events: Vec<Bytes>,
     /// True on the last chunk. An empty snapshot is one empty, complete chunk,
     /// so a client always learns that the snapshot is over.
     pub complete: bool,
@@ -188,10 +190,7 @@ impl Iterator for SnapshotChunks {
             return None;
         }
         for entity in self.entities.by_ref() {
-            let event = pb::StreamTagsEvent {
-                r#type: pb::EventType::Added as i32,
-                entity: Some(entity.to_proto_reduced(self.cardinality)),
-            };
+            let event = encode_added(&entity, self.cardinality);
             if let Some(events) = self.chunker.push(event) {
                 return Some(SnapshotChunk {
                     events,
@@ -348,7 +347,10 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
+
     use super::*;
+    use crate::proto::model as pb;
 
     fn entity(id: &str, low: &[&str], orchestrator: &[&str], high: &[&str]) -> Entity {
         let mut entity = Entity::new(EntityId::parse(id).unwrap());
@@ -445,6 +447,7 @@ mod tests {
         let [event] = chunks[0].events.as_slice() else {
             panic!("expected one event, got {:?}", chunks[0].events)
         };
+        let event = pb::StreamTagsEvent::decode(event.as_ref()).unwrap();
         assert_eq!(event.r#type, pb::EventType::Added as i32);
         let wire = event.entity.as_ref().unwrap();
         assert_eq!(wire.id.as_ref().unwrap().uid, "a");
@@ -481,7 +484,7 @@ mod tests {
             .next()
             .unwrap()
             .events[0]
-            .encoded_len();
+            .len();
         // Three events fit in the budget, a fourth does not.
         let budget = event_size * 3 + event_size / 2;
         let chunks: Vec<SnapshotChunk> = store
