@@ -9,14 +9,14 @@
 mod backoff;
 mod telemetry;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use telemetry::ClientTelemetry;
 
-use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, KNOWN_PREFIXES};
+use crate::domain::{Cardinality, EntityEvent, KNOWN_PREFIXES};
 use crate::mirror::{EntityChange, MirrorReader, MirrorWriter};
 use crate::proto::model::{StreamTagsEvent, StreamTagsRequest, StreamTagsResponse};
 
@@ -191,12 +191,9 @@ enum State {
 enum SyncPhase {
     /// Nothing but keep-alives so far.
     AwaitingFirstBatch,
-    /// An extension-aware server is sending a snapshot: stage it aside so
-    /// readers never see it half-filled.
-    Staging {
-        epoch: String,
-        staged: BTreeMap<EntityId, Entity>,
-    },
+    /// An extension-aware server is sending a snapshot: the mirror stages
+    /// it aside so readers never see it half-filled.
+    Staging { epoch: String },
     /// Synced; live changes are applied as they come. `epoch` is `None`
     /// against a plain Datadog server.
     Live { epoch: Option<String> },
@@ -368,13 +365,7 @@ impl ClientCore {
 
     /// Entities staged for a snapshot that is not complete yet (progress).
     pub fn staged_entities(&self) -> usize {
-        match &self.state {
-            State::Open {
-                sync: SyncPhase::Staging { staged, .. },
-                ..
-            } => staged.len(),
-            _ => 0,
-        }
+        self.mirror.staged_len()
     }
 
     /// The interval the next backoff delay will be drawn around.
@@ -412,6 +403,8 @@ impl ClientCore {
             resume_epoch,
         };
         self.commands.push_back(Command::OpenStream { id, request });
+        // Whatever a broken stream staged is not a snapshot any more.
+        self.mirror.discard_staged();
         self.state = State::Open {
             id,
             headers_received: false,
@@ -425,6 +418,7 @@ impl ClientCore {
         let State::Open { id, .. } = self.state else {
             return;
         };
+        self.mirror.discard_staged();
         self.telemetry.stream_errors += 1;
         let retry_in = self.backoff.next_delay();
         self.state = State::BackingOff {
@@ -495,8 +489,8 @@ impl ClientCore {
                 }
                 *sync = SyncPhase::Live { epoch: None };
                 self.resume_point = None;
-                let staged = apply_to_staging(BTreeMap::new(), events);
-                self.swap_in(staged.into_values().collect());
+                self.mirror.stage(events);
+                self.swap_in();
             }
             SyncPhase::AwaitingFirstBatch
                 if response.resumed
@@ -520,20 +514,17 @@ impl ClientCore {
                 return Err(format!("resumed epoch {epoch:?} we never synced from"));
             }
             SyncPhase::AwaitingFirstBatch => {
-                let staged = apply_to_staging(BTreeMap::new(), events);
-                self.stage(epoch, staged, response.snapshot_complete, response.revision);
+                self.stage(epoch, events, response.snapshot_complete, response.revision);
             }
             SyncPhase::Staging {
                 epoch: staging_epoch,
-                staged,
             } => {
                 if *staging_epoch != epoch {
                     return Err(format!(
                         "epoch changed mid-snapshot from {staging_epoch:?} to {epoch:?}"
                     ));
                 }
-                let staged = apply_to_staging(std::mem::take(staged), events);
-                self.stage(epoch, staged, response.snapshot_complete, response.revision);
+                self.stage(epoch, events, response.snapshot_complete, response.revision);
             }
             SyncPhase::Live { epoch: None } => self.apply_live(events),
             SyncPhase::Live { epoch: Some(live) } => {
@@ -553,31 +544,26 @@ impl ClientCore {
     }
 
     /// Keeps staging an extension-aware snapshot, or swaps it in when complete.
-    fn stage(
-        &mut self,
-        epoch: String,
-        staged: BTreeMap<EntityId, Entity>,
-        complete: bool,
-        revision: u64,
-    ) {
+    fn stage(&mut self, epoch: String, events: Vec<EntityEvent>, complete: bool, revision: u64) {
         let State::Open { sync, .. } = &mut self.state else {
             unreachable!("staging happens only on an open stream")
         };
+        self.mirror.stage(events);
         if !complete {
-            *sync = SyncPhase::Staging { epoch, staged };
+            *sync = SyncPhase::Staging { epoch };
             return;
         }
         *sync = SyncPhase::Live {
             epoch: Some(epoch.clone()),
         };
         self.resume_point = Some(ResumePoint { epoch, revision });
-        self.swap_in(staged.into_values().collect());
+        self.swap_in();
     }
 
-    /// Replaces the mirror with a complete snapshot and announces the sync.
-    fn swap_in(&mut self, entities: Vec<Entity>) {
+    /// Replaces the mirror with the staged snapshot and announces the sync.
+    fn swap_in(&mut self) {
         self.telemetry.snapshots += 1;
-        let changes = self.mirror.replace_all(entities);
+        let changes = self.mirror.commit_staged();
         self.publish_changes(changes);
         self.events.push_back(Event::Synced {
             resumed: false,
@@ -597,23 +583,4 @@ impl ClientCore {
         self.telemetry.updated_entities += changes.len() as u64;
         self.events.push_back(Event::EntitiesChanged(changes));
     }
-}
-
-/// Applies events to a staged (not yet visible) store: upserts replace the
-/// whole entity, a delete of an unknown id is a no-op.
-fn apply_to_staging(
-    mut staged: BTreeMap<EntityId, Entity>,
-    events: Vec<EntityEvent>,
-) -> BTreeMap<EntityId, Entity> {
-    for event in events {
-        match event {
-            EntityEvent::Added(entity) | EntityEvent::Modified(entity) => {
-                staged.insert(entity.id.clone(), entity);
-            }
-            EntityEvent::Deleted(id) => {
-                staged.remove(&id);
-            }
-        }
-    }
-    staged
 }

@@ -81,7 +81,17 @@ pub struct MirrorWriter {
     /// (`None` once deleted): later events for them must see those changes,
     /// which are not published yet. Kept to reuse its allocation.
     batch: HashTable<(EntityId, Option<Record>)>,
+    /// The snapshot being received (see [`stage`](Self::stage)): records
+    /// built as its chunks arrive, invisible until committed.
+    staged: HashTable<Staged>,
     counters: QueryCounterRegistry,
+}
+
+/// One entity of a staged snapshot, with the hash of its id.
+struct Staged {
+    hash: u64,
+    id: EntityId,
+    record: Record,
 }
 
 impl MirrorWriter {
@@ -92,6 +102,7 @@ impl MirrorWriter {
             published,
             interner: Interner::default(),
             batch: HashTable::new(),
+            staged: HashTable::new(),
             counters: QueryCounterRegistry::default(),
         }
     }
@@ -173,48 +184,89 @@ impl MirrorWriter {
     }
 
     /// Replaces the whole content at once with a completed snapshot (the last
-    /// entity wins if an id repeats). Returns the diff against the previous
-    /// content, sorted by id: `Added` for new ids, `Modified` for ids whose
-    /// tags differ, `Deleted` for ids gone.
+    /// entity wins if an id repeats): [`stage`](Self::stage) it all, then
+    /// [`commit_staged`](Self::commit_staged). Anything staged before is
+    /// dropped.
     pub fn replace_all(&mut self, entities: Vec<Entity>) -> Vec<EntityChange> {
+        self.discard_staged();
+        self.stage(entities.into_iter().map(EntityEvent::Added));
+        self.commit_staged()
+    }
+
+    /// Adds events to the snapshot being received, which readers do not
+    /// see: upserts replace the whole staged entity, a delete removes it.
+    /// Each entity's record is built (and its tags interned) now, so the work
+    /// of a snapshot is spread over its chunks as they arrive rather than
+    /// done at once when it completes.
+    pub fn stage(&mut self, events: impl IntoIterator<Item = EntityEvent>) {
         let published = self
             .published
             .enter()
             .expect("the writer keeps the mirror alive");
-        let mut next = Store::with_capacity(entities.len());
-        let mut changes = Vec::with_capacity(entities.len());
-        let mut repeated_ids = false;
-        for entity in entities {
+        let rehash = |staged: &Staged| staged.hash;
+        for event in events {
+            let entity = match event {
+                EntityEvent::Added(entity) | EntityEvent::Modified(entity) => entity,
+                EntityEvent::Deleted(id) => {
+                    let hash = IdKey::of(&id).hash();
+                    if let Ok(staged) = self.staged.find_entry(hash, |s| s.id == id) {
+                        staged.remove();
+                    }
+                    continue;
+                }
+            };
             let key = IdKey::of(&entity.id);
             let hash = key.hash();
+            // The published record is reused when unchanged, and its lists
+            // otherwise: a resync mostly re-sends what the mirror holds.
             let previous = published.get_hashed(hash, key);
             let record = match previous {
                 Some(previous) if previous.holds(&entity) => previous.clone(),
                 _ => self.interner.record(&entity, previous),
             };
-            let kind = change(previous, Some(&record));
-            if next.upsert(hash, record) {
-                repeated_ids = true;
-            } else if let Some(kind) = kind {
-                changes.push(EntityChange {
-                    kind,
-                    id: entity.id,
-                });
+            let staged = Staged {
+                hash,
+                id: entity.id,
+                record,
+            };
+            match self.staged.entry(hash, |s| s.id == staged.id, rehash) {
+                Entry::Occupied(mut slot) => *slot.get_mut() = staged,
+                Entry::Vacant(slot) => {
+                    slot.insert(staged);
+                }
             }
         }
-        if repeated_ids {
-            // Rare: the change of a repeated id is the one of its last
-            // occurrence, which may differ from the first (or be none).
-            changes = next
-                .records()
-                .filter_map(|record| {
-                    let kind = change(published.get(record.key()), Some(record))?;
-                    Some(EntityChange {
-                        kind,
-                        id: record.entity_id(),
-                    })
-                })
-                .collect();
+    }
+
+    /// Entities staged so far.
+    pub fn staged_len(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Drops the staged snapshot (its stream broke before it completed).
+    pub fn discard_staged(&mut self) {
+        self.staged.clear();
+        self.interner.sweep_if_grown();
+    }
+
+    /// Replaces the whole content at once with the staged snapshot, which
+    /// is then empty. Returns the diff against the previous content, sorted
+    /// by id: `Added` for new ids, `Modified` for ids whose tags differ,
+    /// `Deleted` for ids gone.
+    pub fn commit_staged(&mut self) -> Vec<EntityChange> {
+        let staged = std::mem::take(&mut self.staged);
+        let published = self
+            .published
+            .enter()
+            .expect("the writer keeps the mirror alive");
+        let mut next = Store::with_capacity(staged.len());
+        let mut changes = Vec::with_capacity(staged.len());
+        for Staged { hash, id, record } in staged {
+            let kind = change(published.get_hashed(hash, record.key()), Some(&record));
+            next.insert_unique(hash, record);
+            if let Some(kind) = kind {
+                changes.push(EntityChange { kind, id });
+            }
         }
         changes.extend(
             published

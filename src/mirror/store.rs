@@ -127,25 +127,10 @@ impl Store {
             .map(|(&prefix, count)| (prefix, count))
     }
 
-    /// Inserts `record`, replacing the record of the same id if any (a
-    /// snapshot may repeat an id: the last one wins). Returns whether it
-    /// replaced one.
-    pub(super) fn upsert(&mut self, hash: u64, record: Record) -> bool {
-        let key = record.key();
-        match self
-            .records
-            .entry(hash, |old| old.key() == key, record_hash)
-        {
-            hashbrown::hash_table::Entry::Occupied(mut slot) => {
-                *slot.get_mut() = record;
-                true
-            }
-            hashbrown::hash_table::Entry::Vacant(slot) => {
-                count_entity(&mut self.by_prefix, &record, 1);
-                slot.insert(record);
-                false
-            }
-        }
+    /// Inserts `record`, whose id the store does not hold.
+    pub(super) fn insert_unique(&mut self, hash: u64, record: Record) {
+        count_entity(&mut self.by_prefix, &record, 1);
+        self.records.insert_unique(hash, record, record_hash);
     }
 
     /// Replaces `old` (found by identity, no string comparison) with `new`.
