@@ -22,19 +22,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_transport(false)
         .compile_fds(descriptors)?;
-    // The server's twin of the service (see the file's comment): its own
-    // compile, since it redefines `datadog.api.v1.AgentSecure`, into its own
+    // Our twin of the service (see the file's comment): its own compile,
+    // since it redefines `datadog.api.v1.AgentSecure`, into its own
     // directory, reusing the model types generated above.
-    let server_dir = out_dir.join("server_wire");
-    std::fs::create_dir_all(&server_dir)?;
+    let encoded_dir = out_dir.join("encoded");
+    std::fs::create_dir_all(&encoded_dir)?;
     tonic_prost_build::configure()
         .build_transport(false)
-        .build_client(false)
         .extern_path(".datadog.model.v1", "crate::proto::model")
         .bytes(".datadog.api.v1.EncodedStreamTagsResponse.events")
-        .out_dir(&server_dir)
+        .out_dir(&encoded_dir)
         .compile_fds(protox::compile(
-            ["proto/remote_tagger/server_wire.proto"],
+            ["proto/remote_tagger/encoded.proto"],
             ["proto"],
         )?)?;
     emit_build_info();

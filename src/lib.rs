@@ -18,12 +18,11 @@ pub mod proto {
     }
     pub use datadog::api::v1 as api;
 
-    /// The server's twin of `datadog.api.v1.AgentSecure`, whose stream
-    /// responses carry already encoded events
-    /// (`proto/remote_tagger/server_wire.proto`).
+    /// Our twin of `datadog.api.v1.AgentSecure`, whose stream responses
+    /// carry events as encoded bytes (`proto/remote_tagger/encoded.proto`).
     #[allow(missing_docs, clippy::all)]
-    pub mod server_wire {
-        include!(concat!(env!("OUT_DIR"), "/server_wire/datadog.api.v1.rs"));
+    pub mod encoded {
+        include!(concat!(env!("OUT_DIR"), "/encoded/datadog.api.v1.rs"));
     }
     pub use datadog::model::v1 as model;
 
@@ -46,5 +45,6 @@ pub mod harness;
 pub mod metrics;
 pub mod mirror;
 pub mod rng;
+pub mod wire;
 pub mod server;
 pub mod workload;

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::stats::{ServerStats, Telemetry, increment};
 use super::store::{Change, PrefixFilter, Snapshot, Store};
-use super::wire::encode_event;
+use crate::wire::encode_event;
 use crate::domain::{Cardinality, Entity, EntityEvent, EntityId};
 
 /// Changes applied together, shared by every subscriber.

@@ -24,7 +24,6 @@ mod service;
 mod stats;
 mod store;
 mod tls;
-mod wire;
 mod workload_source;
 
 use std::convert::Infallible;

@@ -30,8 +30,8 @@ use super::stats::{GaugeGuard, Telemetry, increment};
 use super::store::{Chunker, PrefixFilter};
 use crate::domain::{Cardinality, EntityId};
 use crate::proto::model as pb;
-use crate::proto::server_wire::EncodedStreamTagsResponse;
-use crate::proto::server_wire::agent_secure_server::{AgentSecure, AgentSecureServer};
+use crate::proto::encoded::EncodedStreamTagsResponse;
+use crate::proto::encoded::agent_secure_server::{AgentSecure, AgentSecureServer};
 
 /// Tunables of the streaming service; `Default` is the Datadog Agent's values.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::wire::encode_added;
+use crate::wire::encode_added;
 use crate::domain::{Cardinality, Entity, EntityEvent, EntityId};
 use crate::rng::SplitMix64;
 
