@@ -1,23 +1,50 @@
 //! Costs of the real sources, printed as plain figures:
-//! - the host source's scan of this machine's `/proc` (median of several
-//!   scans, per 1,000 processes);
+//! - the host source's scan of this machine's `/proc`: a cold scan (a new
+//!   scanner) and the steady-state scan of a kept scanner, per scan and per
+//!   1,000 processes (median of several), and the diff of two consecutive
+//!   scans that the source computes every interval; on the machine as it is,
+//!   then with 1,000 extra `sleep` processes, so the per-1,000 figures are
+//!   measured at that size;
 //! - the delay of a live change from an origin server, through a relay, to
 //!   a client's mirror (p50/p99 over a few hundred changes).
 //!
 //! `cargo bench --bench sources`
 
+#[path = "../tests/common/children.rs"]
+mod children;
+
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use children::Children;
 use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode, TlsSettings};
 use remote_tagger::domain::{Entity, EntityEvent, EntityId};
-use remote_tagger::server::{ServeConfig, Server, Source, StoreHandle, scan_host};
+use remote_tagger::server::{
+    HostScanner, ServeConfig, Server, Source, StoreHandle, diff_entities, scan_host,
+};
 
 const SCANS: usize = 31;
+const EXTRA_PROCESSES: usize = 1_000;
 const LIVE_CHANGES: usize = 500;
 
 fn main() {
-    bench_host_scan();
+    bench_host_scans("as it is");
+    {
+        // Killed and reaped at the end of the block, or on a panic.
+        let mut sleepers = Children::default();
+        for _ in 0..EXTRA_PROCESSES {
+            sleepers.spawn(
+                Command::new("sleep")
+                    .arg("600")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            );
+        }
+        bench_host_scans(&format!("with {} extra sleep processes", sleepers.len()));
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -25,23 +52,67 @@ fn main() {
         .block_on(bench_relay_delay());
 }
 
-fn bench_host_scan() {
-    let mut times = Vec::with_capacity(SCANS);
+/// Cold scans, then the steady-state scans of one scanner and the diff of
+/// each against the one before, as the running source does.
+fn bench_host_scans(machine: &str) {
+    let root = Path::new("/");
+    let mut cold = Vec::with_capacity(SCANS);
     let mut processes = 0;
     for _ in 0..SCANS {
         let started = Instant::now();
-        let (_, stats) = scan_host(Path::new("/"));
-        times.push(started.elapsed());
+        let (_, stats) = scan_host(root);
+        cold.push(started.elapsed());
         processes = stats.processes;
     }
+    report(&format!("host scan, {machine}, cold"), &mut cold, processes);
+
+    let mut scanner = HostScanner::new(root);
+    let mut current = by_id(scanner.scan().0);
+    let mut steady = Vec::with_capacity(SCANS);
+    let mut diffs = Vec::with_capacity(SCANS);
+    let (mut read, mut untracked) = (0, 0);
+    for _ in 0..SCANS {
+        let started = Instant::now();
+        let (entities, stats) = scanner.scan();
+        steady.push(started.elapsed());
+        processes = stats.processes;
+        read += stats.read;
+        untracked += stats.untracked;
+        let started = Instant::now();
+        let next = by_id(entities);
+        std::hint::black_box(diff_entities(&current, &next));
+        diffs.push(started.elapsed());
+        current = next;
+    }
+    report(
+        &format!(
+            "host scan, {machine}, steady state ({:.1} processes read per scan, {untracked} without a pidfd)",
+            read as f64 / SCANS as f64
+        ),
+        &mut steady,
+        processes,
+    );
+    report(
+        &format!("host diff, {machine}, entities keyed by id + diff_entities"),
+        &mut diffs,
+        processes,
+    );
+}
+
+fn by_id(entities: Vec<Entity>) -> BTreeMap<EntityId, Entity> {
+    entities.into_iter().map(|e| (e.id.clone(), e)).collect()
+}
+
+/// The median (min, max) of `times`, per run and per 1,000 processes.
+fn report(what: &str, times: &mut [Duration], processes: usize) {
     times.sort();
-    let median = times[SCANS / 2];
-    let per_thousand = median.as_secs_f64() * 1e3 * 1000.0 / processes.max(1) as f64;
+    let median = times[times.len() / 2];
+    let per_thousand = ms(median) * 1000.0 / processes.max(1) as f64;
     println!(
-        "host scan: {processes} processes, median {:.2} ms per scan (min {:.2}, max {:.2}), {per_thousand:.2} ms per 1,000 processes",
+        "{what}: {processes} processes, median {:.3} ms (min {:.3}, max {:.3}), {per_thousand:.3} ms per 1,000 processes",
         ms(median),
         ms(times[0]),
-        ms(times[SCANS - 1]),
+        ms(times[times.len() - 1]),
     );
 }
 

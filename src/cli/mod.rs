@@ -128,7 +128,10 @@ pub struct ServeArgs {
     #[arg(long, env = "REMOTE_TAGGER_HOST_ROOT", default_value = "/")]
     pub host_root: PathBuf,
 
-    /// Host source: milliseconds between two scans.
+    /// Host source: milliseconds between two scans. With the root `/`, a
+    /// scan reads new processes (again at the next scan) and a rotating
+    /// sixteenth of the others: a process that execs or changes user under
+    /// the same pid shows its new tags within 16 scans.
     #[arg(long, env = "REMOTE_TAGGER_HOST_SCAN_INTERVAL_MS", default_value_t = server::DEFAULT_HOST_SCAN_INTERVAL.as_millis() as u64)]
     pub host_scan_interval_ms: u64,
 

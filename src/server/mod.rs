@@ -44,7 +44,9 @@ pub use entities_file::{
     parse_entities_file,
 };
 pub use health::HEALTH_SERVICE_NAMES;
-pub use host_source::{CMDLINE_TAG_MAX_BYTES, ScanStats, scan as scan_host};
+pub use host_source::{
+    CMDLINE_TAG_MAX_BYTES, HostScanner, PROCESS_REFRESH_SCANS, ScanStats, scan as scan_host,
+};
 pub use hub::StoreHandle;
 pub use service::{
     DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_SNAPSHOTS, DEFAULT_MAX_MESSAGE_SIZE,
@@ -96,7 +98,7 @@ pub enum Source {
     EntitiesFile(PathBuf),
     /// The processes, containers and pods of the host whose `/proc` is under
     /// `root` (`/` for this machine), re-scanned every `interval` (see
-    /// [`scan_host`]).
+    /// [`HostScanner`]).
     Host { root: PathBuf, interval: Duration },
     /// Relay: mirror another tagger and serve its entities.
     Upstream(Box<ClientConfig>),

@@ -2,6 +2,8 @@
 //! loopback port with its token and certificate in a temporary directory.
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod children;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
