@@ -30,8 +30,8 @@ use remote_tagger::client::{ClientConfig, ClientStatus, RemoteTagger, TlsMode, T
 use remote_tagger::core::{BackoffConfig, ConnectionState, Event};
 use remote_tagger::domain::{Cardinality, EntityEvent, EntityId};
 use remote_tagger::proto::api::agent_secure_client::AgentSecureClient;
-use remote_tagger::proto::model::{StreamTagsRequest, StreamTagsResponse};
 use remote_tagger::proto::encoded::EncodedStreamTagsResponse;
+use remote_tagger::proto::model::{StreamTagsRequest, StreamTagsResponse};
 use remote_tagger::server::{
     DEFAULT_CHANGE_LOG_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, Epoch, PrefixFilter, RunningServer,
     ServeConfig, Server, ServerStats, Source, Store, StoreHandle,

@@ -44,6 +44,8 @@ pub enum DomainError {
     MalformedId(String),
     #[error("unknown event type {0}")]
     UnknownEventType(i32),
+    #[error("event is not a valid StreamTagsEvent message (bad encoding or UTF-8)")]
+    MalformedEvent,
     #[error("unknown cardinality {0}")]
     UnknownCardinality(i32),
     #[error("invalid cardinality {0:?} (expected low, orchestrator or high)")]
@@ -61,6 +63,7 @@ impl DomainError {
             Self::UnknownPrefix(_) => "unknown_prefix",
             Self::MalformedId(_) => "malformed_id",
             Self::UnknownEventType(_) => "unknown_event_type",
+            Self::MalformedEvent => "malformed_event",
             Self::UnknownCardinality(_) | Self::InvalidCardinalityName(_) => "unknown_cardinality",
         }
     }
@@ -360,6 +363,30 @@ impl Entity {
             high: entity.high_cardinality_tags,
             standard: entity.standard_tags,
         })
+    }
+}
+
+/// An entity's id and tag lists, borrowed from an [`Entity`] (`S` =
+/// `String`) or from a received message (`S` = `&str`): what the mirror needs
+/// to store an entity, whoever owns the strings.
+#[derive(Debug, Clone, Copy)]
+pub struct EntityRef<'a, S> {
+    pub id: &'a EntityId,
+    pub low: &'a [S],
+    pub orchestrator: &'a [S],
+    pub high: &'a [S],
+    pub standard: &'a [S],
+}
+
+impl Entity {
+    pub fn as_ref(&self) -> EntityRef<'_, String> {
+        EntityRef {
+            id: &self.id,
+            low: &self.low,
+            orchestrator: &self.orchestrator,
+            high: &self.high,
+            standard: &self.standard,
+        }
     }
 }
 

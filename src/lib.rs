@@ -45,6 +45,6 @@ pub mod harness;
 pub mod metrics;
 pub mod mirror;
 pub mod rng;
-pub mod wire;
 pub mod server;
+pub mod wire;
 pub mod workload;

@@ -1,18 +1,25 @@
-//! Stream events encoded straight from the domain types into the bytes of a
-//! `datadog.model.v1.StreamTagsEvent`: byte for byte what prost writes for
-//! [`EntityEvent::to_proto`] (tested), without building that message first,
-//! so every tag is copied once, into the buffer the subscribers share.
+//! `datadog.model.v1.StreamTagsEvent`s without the generated message type:
+//! - encoded straight from the domain types, byte for byte what prost writes
+//!   for [`EntityEvent::to_proto`] (tested), so every tag is copied once, into
+//!   the buffer a server's subscribers share;
+//! - decoded in place, into an event whose strings borrow the received bytes,
+//!   so a client allocates no string for a tag its mirror already interned.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use prost::encoding::{
+    WireType, decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, key_len,
+};
 
-use crate::domain::{Cardinality, Entity, EntityEvent, EntityId};
+use crate::domain::{Cardinality, DomainError, Entity, EntityEvent, EntityId};
+use crate::proto::encoded::EncodedStreamTagsResponse;
 use crate::proto::model as pb;
+use prost::Message as _;
 
 /// Field numbers of `StreamTagsEvent`, `Entity` and `EntityId`.
 const EVENT_TYPE: u32 = 1;
 const EVENT_ENTITY: u32 = 2;
 const ENTITY_ID: u32 = 1;
+const ENTITY_HASH: u32 = 2;
 const ENTITY_HIGH: u32 = 3;
 const ENTITY_ORCHESTRATOR: u32 = 4;
 const ENTITY_LOW: u32 = 5;
@@ -128,6 +135,220 @@ fn encode_string_if_set(field: u32, text: &str, buf: &mut BytesMut) {
     }
 }
 
+/// What a `StreamTagsEvent` carries, read in place: the tags borrow the
+/// encoded bytes. Decoding follows prost's rules: the last value of a
+/// singular field wins, repeated fields and repeated messages accumulate,
+/// unknown fields are skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedEvent<'a> {
+    pub kind: pb::EventType,
+    pub id: EntityId,
+    pub low: Vec<&'a str>,
+    pub orchestrator: Vec<&'a str>,
+    pub high: Vec<&'a str>,
+    pub standard: Vec<&'a str>,
+}
+
+impl DecodedEvent<'_> {
+    /// Drops the tags above `cardinality` (a server may send more than asked).
+    pub fn reduce(&mut self, cardinality: Cardinality) {
+        if cardinality < Cardinality::High {
+            self.high.clear();
+        }
+        if cardinality < Cardinality::Orchestrator {
+            self.orchestrator.clear();
+        }
+    }
+
+    /// The owned domain event (what [`EntityEvent::from_proto`] gives for
+    /// the same bytes).
+    pub fn to_event(&self) -> EntityEvent {
+        let owned = |tags: &[&str]| tags.iter().map(|tag| (*tag).to_owned()).collect();
+        let entity = || Entity {
+            id: self.id.clone(),
+            low: owned(&self.low),
+            orchestrator: owned(&self.orchestrator),
+            high: owned(&self.high),
+            standard: owned(&self.standard),
+        };
+        match self.kind {
+            pb::EventType::Added => EntityEvent::Added(entity()),
+            pb::EventType::Modified => EntityEvent::Modified(entity()),
+            pb::EventType::Deleted => EntityEvent::Deleted(self.id.clone()),
+        }
+    }
+}
+
+/// Decodes an encoded `StreamTagsEvent`, rejecting what
+/// [`EntityEvent::from_proto`] rejects, and bytes that are not a valid
+/// message (which prost would reject too).
+pub fn decode_event(bytes: &[u8]) -> Result<DecodedEvent<'_>, DomainError> {
+    let mut kind = 0;
+    let mut entity: Option<EntityFields<'_>> = None;
+    for field in Fields::new(bytes) {
+        match field? {
+            (EVENT_TYPE, Value::Varint(value)) => kind = value as i32,
+            (EVENT_ENTITY, Value::Bytes(body)) => {
+                entity
+                    .get_or_insert_with(EntityFields::default)
+                    .merge(body)?;
+            }
+            (EVENT_TYPE | EVENT_ENTITY, _) => return Err(DomainError::MalformedEvent),
+            _ => {}
+        }
+    }
+    // Checked in `EntityEvent::from_proto`'s order, so both report the
+    // same error for the same bytes.
+    let entity = entity.ok_or(DomainError::MissingEntity)?;
+    let kind = pb::EventType::try_from(kind).map_err(|_| DomainError::UnknownEventType(kind))?;
+    let (prefix, uid) = entity.id.ok_or(DomainError::MissingId)?;
+    let id = EntityId::new(prefix, uid)?;
+    Ok(DecodedEvent {
+        kind,
+        id,
+        low: entity.low,
+        orchestrator: entity.orchestrator,
+        high: entity.high,
+        standard: entity.standard,
+    })
+}
+
+/// The fields of an `Entity` message, merged over its occurrences.
+#[derive(Default)]
+struct EntityFields<'a> {
+    /// Prefix and uid; present once an `id` field was seen (even empty).
+    id: Option<(&'a str, &'a str)>,
+    low: Vec<&'a str>,
+    orchestrator: Vec<&'a str>,
+    high: Vec<&'a str>,
+    standard: Vec<&'a str>,
+}
+
+impl<'a> EntityFields<'a> {
+    fn merge(&mut self, body: &'a [u8]) -> Result<(), DomainError> {
+        for field in Fields::new(body) {
+            let (number, value) = field?;
+            let Value::Bytes(bytes) = value else {
+                // Every field of `Entity` we know is length-delimited.
+                if (ENTITY_ID..=ENTITY_STANDARD).contains(&number) {
+                    return Err(DomainError::MalformedEvent);
+                }
+                continue;
+            };
+            match number {
+                ENTITY_ID => {
+                    let id = self.id.get_or_insert(("", ""));
+                    merge_id(id, bytes)?;
+                }
+                ENTITY_HIGH => self.high.push(text(bytes)?),
+                ENTITY_ORCHESTRATOR => self.orchestrator.push(text(bytes)?),
+                ENTITY_LOW => self.low.push(text(bytes)?),
+                ENTITY_STANDARD => self.standard.push(text(bytes)?),
+                // `hash` (unused, but still UTF-8 checked like prost does).
+                ENTITY_HASH => {
+                    text(bytes)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn merge_id<'a>(id: &mut (&'a str, &'a str), body: &'a [u8]) -> Result<(), DomainError> {
+    for field in Fields::new(body) {
+        match field? {
+            (ID_PREFIX, Value::Bytes(bytes)) => id.0 = text(bytes)?,
+            (ID_UID, Value::Bytes(bytes)) => id.1 = text(bytes)?,
+            (ID_PREFIX | ID_UID, _) => return Err(DomainError::MalformedEvent),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn text(bytes: &[u8]) -> Result<&str, DomainError> {
+    std::str::from_utf8(bytes).map_err(|_| DomainError::MalformedEvent)
+}
+
+/// One field's value; fixed-width values are skipped, not read.
+enum Value<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+/// The `(field number, value)` pairs of one message body.
+struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn new(body: &'a [u8]) -> Self {
+        Self { rest: body }
+    }
+
+    fn next_field(&mut self) -> Result<(u32, Value<'a>), DomainError> {
+        let malformed = |_| DomainError::MalformedEvent;
+        let (number, wire_type) = decode_key(&mut self.rest).map_err(malformed)?;
+        let value = match wire_type {
+            WireType::Varint => Value::Varint(decode_varint(&mut self.rest).map_err(malformed)?),
+            WireType::LengthDelimited => {
+                let len = decode_varint(&mut self.rest).map_err(malformed)?;
+                let len = usize::try_from(len).map_err(|_| DomainError::MalformedEvent)?;
+                let bytes = self.rest.get(..len).ok_or(DomainError::MalformedEvent)?;
+                self.rest = &self.rest[len..];
+                Value::Bytes(bytes)
+            }
+            WireType::SixtyFourBit | WireType::ThirtyTwoBit => {
+                let len = if wire_type == WireType::SixtyFourBit {
+                    8
+                } else {
+                    4
+                };
+                self.rest = self.rest.get(len..).ok_or(DomainError::MalformedEvent)?;
+                Value::Fixed
+            }
+            // Groups are long deprecated and never in these messages.
+            WireType::StartGroup | WireType::EndGroup => return Err(DomainError::MalformedEvent),
+        };
+        Ok((number, value))
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Result<(u32, Value<'a>), DomainError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let field = self.next_field();
+        if field.is_err() {
+            // Nothing after a malformed field can be trusted.
+            self.rest = &[];
+        }
+        Some(field)
+    }
+}
+
+impl From<pb::StreamTagsResponse> for EncodedStreamTagsResponse {
+    /// The same response with its events encoded (what the wire carries).
+    fn from(response: pb::StreamTagsResponse) -> Self {
+        Self {
+            events: response
+                .events
+                .iter()
+                .map(|event| Bytes::from(event.encode_to_vec()))
+                .collect(),
+            revision: response.revision,
+            snapshot_complete: response.snapshot_complete,
+            server_epoch: response.server_epoch,
+            resumed: response.resumed,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
@@ -170,5 +391,105 @@ mod tests {
         assert_same_as_prost(&EntityEvent::Modified(entity.clone()));
         assert_same_as_prost(&EntityEvent::Deleted(entity.id.clone()));
         assert_same_as_prost(&EntityEvent::Added(Entity::new(entity.id)));
+    }
+
+    /// What prost and `EntityEvent::from_proto` make of `bytes`: the
+    /// reference the in-place decoder must agree with.
+    fn reference(bytes: &[u8]) -> Option<Result<EntityEvent, DomainError>> {
+        let event = pb::StreamTagsEvent::decode(bytes).ok()?;
+        Some(EntityEvent::from_proto(event))
+    }
+
+    fn assert_decodes_like_prost(bytes: &[u8]) {
+        let decoded = decode_event(bytes).map(|event| event.to_event());
+        match reference(bytes) {
+            Some(expected) => assert_eq!(decoded, expected, "{bytes:?}"),
+            None => assert!(
+                decoded.is_err(),
+                "prost rejects {bytes:?}, we got {decoded:?}"
+            ),
+        }
+    }
+
+    fn wire_event() -> impl proptest::strategy::Strategy<Value = pb::StreamTagsEvent> {
+        use proptest::prelude::*;
+        let text = || prop::sample::select(vec!["", "a", "env:prod", "é:ü", "process", "host"]);
+        let tags = move || prop::collection::vec(text().prop_map(str::to_owned), 0..3);
+        let id = (text(), text()).prop_map(|(prefix, uid)| pb::EntityId {
+            prefix: prefix.to_owned(),
+            uid: uid.to_owned(),
+        });
+        let entity = (prop::option::of(id), text(), tags(), tags(), tags(), tags()).prop_map(
+            |(id, hash, high, orchestrator, low, standard)| pb::Entity {
+                id,
+                hash: hash.to_owned(),
+                high_cardinality_tags: high,
+                orchestrator_cardinality_tags: orchestrator,
+                low_cardinality_tags: low,
+                standard_tags: standard,
+            },
+        );
+        (-1..4i32, prop::option::of(entity))
+            .prop_map(|(r#type, entity)| pb::StreamTagsEvent { r#type, entity })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_in_place_agrees_with_prost(event in wire_event()) {
+            assert_decodes_like_prost(&event.encode_to_vec());
+        }
+
+        /// Damaged, truncated, concatenated (prost merges a repeated message
+        /// field) and unknown-field-laden encodings.
+        #[test]
+        fn decoding_damaged_bytes_agrees_with_prost(
+            first in wire_event(),
+            second in wire_event(),
+            flips in proptest::collection::vec((0usize..512, 0u8..=255), 0..3),
+            cut in 0usize..512,
+        ) {
+            let mut bytes = first.encode_to_vec();
+            bytes.extend(second.encode_to_vec());
+            // An unknown varint field, then an unknown length-delimited one.
+            bytes.extend([0x38, 0x05, 0x42, 0x01, 0x00]);
+            assert_decodes_like_prost(&bytes);
+            let len = bytes.len();
+            for (at, value) in flips {
+                bytes[at % len] ^= value;
+            }
+            assert_decodes_like_prost(&bytes);
+            bytes.truncate(cut % (bytes.len() + 1));
+            assert_decodes_like_prost(&bytes);
+        }
+    }
+
+    #[test]
+    fn decoded_workload_events_round_trip() {
+        let mut workload = Workload::new(WorkloadConfig {
+            entities: 200,
+            seed: 3,
+        });
+        for event in workload.next_events(1000) {
+            let bytes = encode_event(&event, Cardinality::High);
+            assert_eq!(decode_event(&bytes).unwrap().to_event(), event);
+        }
+    }
+
+    #[test]
+    fn reduce_drops_what_the_cardinality_excludes() {
+        let mut entity = Entity::new(EntityId::parse("process://1").unwrap());
+        entity.low = vec!["l".into()];
+        entity.orchestrator = vec!["o".into()];
+        entity.high = vec!["h".into()];
+        entity.standard = vec!["s".into()];
+        let bytes = encode_added(&entity, Cardinality::High);
+        for cardinality in Cardinality::ALL {
+            let mut decoded = decode_event(&bytes).unwrap();
+            decoded.reduce(cardinality);
+            assert_eq!(
+                decoded.to_event(),
+                EntityEvent::Added(entity.reduced(cardinality))
+            );
+        }
     }
 }

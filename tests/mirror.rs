@@ -293,18 +293,11 @@ fn interner_sweep_frees_unreferenced_strings() {
     // Churn through batches: 20 000 distinct strings pass through, at most
     // 1000 live at once; amortised sweeps keep the garbage bounded.
     for round in 0..20 {
-        let added = (0..1000)
-            .map(|i| {
-                let tag = format!("pod_name:p{round}-{i}");
-                EntityEvent::Added(entity(&ids[i], &["env:prod", &tag], &[]))
-            })
-            .collect();
-        writer.apply(added);
-        let deleted = ids[..1000]
-            .iter()
-            .map(|i| EntityEvent::Deleted(id(i)))
-            .collect();
-        writer.apply(deleted);
+        writer.apply((0..1000).map(|i| {
+            let tag = format!("pod_name:p{round}-{i}");
+            EntityEvent::Added(entity(&ids[i], &["env:prod", &tag], &[]))
+        }));
+        writer.apply(ids[..1000].iter().map(|i| EntityEvent::Deleted(id(i))));
     }
     assert!(
         writer.interned_strings() <= 3002,

@@ -12,9 +12,14 @@ use super::transport::{self, BoxFuture, Dialer};
 use super::{ClientConfig, ClientStatus};
 use crate::core::{ClientCore, Command, ConnectionId, ConnectionState, CoreConfig, Event};
 use crate::mirror::{MirrorReader, MirrorWriter};
-use crate::proto::model::{StreamTagsRequest, StreamTagsResponse};
+use crate::proto::encoded::EncodedStreamTagsResponse;
+use crate::proto::model::StreamTagsRequest;
 
-type PendingOpen = BoxFuture<Result<Streaming<StreamTagsResponse>, String>>;
+/// Responses as the wire carries them: each event still encoded, read in
+/// place by the core.
+type ResponseStream = Streaming<EncodedStreamTagsResponse>;
+
+type PendingOpen = BoxFuture<Result<ResponseStream, String>>;
 
 pub(super) struct Driver {
     core: ClientCore,
@@ -70,7 +75,7 @@ impl Driver {
     }
 
     pub(super) async fn run(mut self) {
-        let mut stream: Option<(ConnectionId, Streaming<StreamTagsResponse>)> = None;
+        let mut stream: Option<(ConnectionId, ResponseStream)> = None;
         let mut pending: Option<(ConnectionId, PendingOpen)> = None;
         loop {
             self.execute_commands(&mut stream, &mut pending);
@@ -119,7 +124,7 @@ impl Driver {
 
     fn execute_commands(
         &mut self,
-        stream: &mut Option<(ConnectionId, Streaming<StreamTagsResponse>)>,
+        stream: &mut Option<(ConnectionId, ResponseStream)>,
         pending: &mut Option<(ConnectionId, PendingOpen)>,
     ) {
         while let Some(command) = self.core.poll_command() {
@@ -211,10 +216,10 @@ fn now() -> std::time::Instant {
 
 /// The next message of the open stream; pends forever when there is none.
 async fn next_message(
-    stream: &mut Option<(ConnectionId, Streaming<StreamTagsResponse>)>,
+    stream: &mut Option<(ConnectionId, ResponseStream)>,
 ) -> (
     ConnectionId,
-    Result<Option<StreamTagsResponse>, tonic::Status>,
+    Result<Option<EncodedStreamTagsResponse>, tonic::Status>,
 ) {
     match stream {
         Some((id, stream)) => (*id, stream.message().await),
@@ -225,7 +230,7 @@ async fn next_message(
 /// The outcome of the pending open; pends forever when there is none.
 async fn open_outcome(
     pending: &mut Option<(ConnectionId, PendingOpen)>,
-) -> (ConnectionId, Result<Streaming<StreamTagsResponse>, String>) {
+) -> (ConnectionId, Result<ResponseStream, String>) {
     match pending {
         Some((id, open)) => (*id, open.await),
         None => std::future::pending().await,

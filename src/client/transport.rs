@@ -21,7 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{ClientConfig, ClientError};
 use crate::error_text::error_chain;
-use crate::proto::api::agent_secure_client::AgentSecureClient;
+use crate::proto::encoded::agent_secure_client::AgentSecureClient;
 
 /// A boxed future, as the dialer and connector return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

@@ -16,9 +16,13 @@ use std::time::{Duration, Instant};
 pub use backoff::{Backoff, BackoffConfig};
 pub use telemetry::ClientTelemetry;
 
-use crate::domain::{Cardinality, EntityEvent, KNOWN_PREFIXES};
+use bytes::Bytes;
+
+use crate::domain::{Cardinality, KNOWN_PREFIXES};
 use crate::mirror::{EntityChange, MirrorReader, MirrorWriter};
-use crate::proto::model::{StreamTagsEvent, StreamTagsRequest, StreamTagsResponse};
+use crate::proto::encoded::EncodedStreamTagsResponse;
+use crate::proto::model::StreamTagsRequest;
+use crate::wire::{DecodedEvent, decode_event};
 
 /// The [`ClientTelemetry::rejected_events`] reason of a well-formed event
 /// whose prefix the client did not subscribe to.
@@ -247,13 +251,16 @@ impl ClientCore {
         }
     }
 
-    /// A response arrived on attempt `id`'s stream.
+    /// A response arrived on attempt `id`'s stream. The driver hands over
+    /// the events still encoded (read in place, see [`crate::wire`]); a
+    /// decoded `StreamTagsResponse` converts into that form.
     pub fn handle_response(
         &mut self,
         now: Instant,
         id: ConnectionId,
-        mut response: StreamTagsResponse,
+        response: impl Into<EncodedStreamTagsResponse>,
     ) {
+        let mut response = response.into();
         if !self.is_current(id) {
             return;
         }
@@ -268,7 +275,8 @@ impl ClientCore {
         };
         *last_activity = now;
         *headers_received = true;
-        let events = self.decode(std::mem::take(&mut response.events));
+        let wire_events = std::mem::take(&mut response.events);
+        let events = self.decode(&wire_events);
         let marked = response.snapshot_complete || response.resumed;
         if events.is_empty() && !marked {
             return; // keep-alive
@@ -434,16 +442,17 @@ impl ClientCore {
     /// Converts a response's events, skipping (and counting) what is malformed
     /// or outside the subscription, and reducing tags to our cardinality in case
     /// the server sent more than asked.
-    fn decode(&mut self, wire_events: Vec<StreamTagsEvent>) -> Vec<EntityEvent> {
+    fn decode<'a>(&mut self, wire_events: &'a [Bytes]) -> Vec<DecodedEvent<'a>> {
         let mut events = Vec::with_capacity(wire_events.len());
         for event in wire_events {
-            let reason = match EntityEvent::from_proto(event) {
-                Ok(event) if self.prefixes.iter().any(|p| p == event.id().prefix()) => {
-                    events.push(self.reduce(event));
+            let reason = match decode_event(event) {
+                Ok(mut event) if self.prefixes.iter().any(|p| p == event.id.prefix()) => {
+                    event.reduce(self.config.cardinality);
+                    events.push(event);
                     continue;
                 }
                 Ok(event) => {
-                    let id = event.id();
+                    let id = &event.id;
                     tracing::debug!(%id, "skipping an event outside the subscription");
                     UNREQUESTED_PREFIX
                 }
@@ -457,24 +466,11 @@ impl ClientCore {
         events
     }
 
-    fn reduce(&self, event: EntityEvent) -> EntityEvent {
-        let cardinality = self.config.cardinality;
-        match event {
-            EntityEvent::Added(entity) if cardinality < Cardinality::High => {
-                EntityEvent::Added(entity.reduced(cardinality))
-            }
-            EntityEvent::Modified(entity) if cardinality < Cardinality::High => {
-                EntityEvent::Modified(entity.reduced(cardinality))
-            }
-            event => event,
-        }
-    }
-
     /// Applies a non-keep-alive response according to the sync phase.
     fn apply(
         &mut self,
-        response: StreamTagsResponse,
-        events: Vec<EntityEvent>,
+        response: EncodedStreamTagsResponse,
+        events: Vec<DecodedEvent<'_>>,
     ) -> Result<(), String> {
         let State::Open { sync, .. } = &mut self.state else {
             unreachable!("responses are applied only on an open stream")
@@ -544,7 +540,13 @@ impl ClientCore {
     }
 
     /// Keeps staging an extension-aware snapshot, or swaps it in when complete.
-    fn stage(&mut self, epoch: String, events: Vec<EntityEvent>, complete: bool, revision: u64) {
+    fn stage(
+        &mut self,
+        epoch: String,
+        events: Vec<DecodedEvent<'_>>,
+        complete: bool,
+        revision: u64,
+    ) {
         let State::Open { sync, .. } = &mut self.state else {
             unreachable!("staging happens only on an open stream")
         };
@@ -571,7 +573,7 @@ impl ClientCore {
         });
     }
 
-    fn apply_live(&mut self, events: Vec<EntityEvent>) {
+    fn apply_live(&mut self, events: Vec<DecodedEvent<'_>>) {
         let changes = self.mirror.apply(events);
         self.publish_changes(changes);
     }

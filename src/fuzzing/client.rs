@@ -5,13 +5,15 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
+use bytes::Bytes;
 use prost::Message;
 
 use crate::core::{ClientCore, Command, ConnectionId, CoreConfig, Event, UNREQUESTED_PREFIX};
-use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, entity_hash};
+use crate::domain::{Cardinality, DomainError, Entity, EntityEvent, EntityId, entity_hash};
 use crate::harness::{self, CONVERGE_STEPS, HarnessConfig, Op};
 use crate::mirror::{ChangeKind, EntityChange, MirrorReader, MirrorWriter};
-use crate::proto::model::{StreamTagsEvent, StreamTagsResponse};
+use crate::proto::encoded::EncodedStreamTagsResponse;
+use crate::proto::model::StreamTagsEvent;
 
 /// The input of [`core_transitions`]: a harness configuration and the ops
 /// the network, the server and time perform.
@@ -43,9 +45,10 @@ pub fn core_transitions(data: &[u8]) {
 ///
 /// The first byte picks the client's subscription (cardinality, and every
 /// known prefix or only two of them); the rest is a sequence of
-/// length-delimited `StreamTagsResponse` messages, each decoded with prost
-/// and handed to a client core on its open stream. Undecodable bytes break
-/// the stream, as a decode error does in the driver. A response that makes
+/// length-delimited `StreamTagsResponse` messages, each decoded as the
+/// driver does (events left encoded, see [`crate::wire`]) and handed to a
+/// client core on its open stream. Undecodable bytes break the stream, as a
+/// decode error does in the driver. A response that makes
 /// the core drop its stream is followed by a reconnect, so later responses
 /// exercise the resume and resync paths too.
 ///
@@ -62,7 +65,7 @@ pub fn decode_response(data: &[u8]) {
     };
     let mut client = DecodeClient::new(subscription);
     while !frames.is_empty() {
-        match StreamTagsResponse::decode_length_delimited(&mut frames) {
+        match EncodedStreamTagsResponse::decode_length_delimited(&mut frames) {
             Ok(response) => client.receive(response),
             Err(error) => {
                 client.break_stream(&format!("undecodable response: {error}"));
@@ -127,7 +130,7 @@ impl DecodeClient {
         self.open_stream();
     }
 
-    fn receive(&mut self, response: StreamTagsResponse) {
+    fn receive(&mut self, response: EncodedStreamTagsResponse) {
         self.ensure_stream();
         self.now += Duration::from_millis(10);
         let requested = self.core.config().requested_prefixes();
@@ -219,13 +222,16 @@ impl DecodeClient {
 }
 
 /// How many of `events` a client requesting `requested` must reject, by reason.
-fn rejections(events: &[StreamTagsEvent], requested: &[String]) -> BTreeMap<&'static str, u64> {
+/// Independent of the core's in-place decoder: prost and
+/// `EntityEvent::from_proto` say what each event is.
+fn rejections(events: &[Bytes], requested: &[String]) -> BTreeMap<&'static str, u64> {
     let mut counts = BTreeMap::new();
     for event in events {
-        let reason = match EntityEvent::from_proto(event.clone()) {
-            Ok(event) if requested.iter().any(|p| p == event.id().prefix()) => continue,
-            Ok(_) => UNREQUESTED_PREFIX,
-            Err(error) => error.reason(),
+        let reason = match StreamTagsEvent::decode(event.as_ref()).map(EntityEvent::from_proto) {
+            Ok(Ok(event)) if requested.iter().any(|p| p == event.id().prefix()) => continue,
+            Ok(Ok(_)) => UNREQUESTED_PREFIX,
+            Ok(Err(error)) => error.reason(),
+            Err(_) => DomainError::MalformedEvent.reason(),
         };
         *counts.entry(reason).or_default() += 1;
     }

@@ -12,9 +12,9 @@ use tonic::{Code, Request, Status};
 
 use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, KNOWN_PREFIXES};
 use crate::harness::{harness_entity, harness_id};
-use crate::proto::model::{self as pb, FetchEntityRequest, StreamTagsRequest, StreamTagsResponse};
 use crate::proto::encoded::EncodedStreamTagsResponse;
 use crate::proto::encoded::agent_secure_server::AgentSecure;
+use crate::proto::model::{self as pb, FetchEntityRequest, StreamTagsRequest, StreamTagsResponse};
 use crate::server::{
     Authenticator, Epoch, PrefixFilter, ServiceConfig, Store, StoreHandle, TaggerService,
     diff_entities, parse_entities_file,

@@ -30,7 +30,8 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 use left_right::{ReadHandle, WriteHandle};
 
-use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, entity_hash};
+use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, EntityRef, entity_hash};
+use crate::wire::DecodedEvent;
 
 pub use counters::{QueryCounts, QueryStatus};
 pub use record::{Tags, TagsIter};
@@ -53,6 +54,51 @@ pub enum ChangeKind {
 pub struct EntityChange {
     pub kind: ChangeKind,
     pub id: EntityId,
+}
+
+/// An event the mirror can apply: an owned [`EntityEvent`], or a
+/// [`DecodedEvent`] whose strings borrow a received message (so applying it
+/// allocates only what the mirror keeps).
+pub trait MirrorEvent {
+    type Tag: AsRef<str>;
+
+    fn id(&self) -> &EntityId;
+
+    /// The entity an upsert (ADDED or MODIFIED) stores; `None` for DELETED.
+    fn upserted(&self) -> Option<EntityRef<'_, Self::Tag>>;
+}
+
+impl MirrorEvent for EntityEvent {
+    type Tag = String;
+
+    fn id(&self) -> &EntityId {
+        EntityEvent::id(self)
+    }
+
+    fn upserted(&self) -> Option<EntityRef<'_, String>> {
+        match self {
+            Self::Added(entity) | Self::Modified(entity) => Some(entity.as_ref()),
+            Self::Deleted(_) => None,
+        }
+    }
+}
+
+impl<'a> MirrorEvent for DecodedEvent<'a> {
+    type Tag = &'a str;
+
+    fn id(&self) -> &EntityId {
+        &self.id
+    }
+
+    fn upserted(&self) -> Option<EntityRef<'_, &'a str>> {
+        (self.kind != crate::proto::model::EventType::Deleted).then_some(EntityRef {
+            id: &self.id,
+            low: &self.low,
+            orchestrator: &self.orchestrator,
+            high: &self.high,
+            standard: &self.standard,
+        })
+    }
 }
 
 /// How the mirror's content changes for one id, given what it held before.
@@ -123,7 +169,10 @@ impl MirrorWriter {
     /// not the event label: an upsert of an unknown id is `Added`, of a known
     /// one `Modified`, and an upsert that changes no tag or a delete of an
     /// unknown id reports nothing.
-    pub fn apply(&mut self, events: Vec<EntityEvent>) -> Vec<EntityChange> {
+    pub fn apply<E: MirrorEvent>(
+        &mut self,
+        events: impl IntoIterator<Item = E>,
+    ) -> Vec<EntityChange> {
         let Self {
             handle,
             published,
@@ -134,17 +183,14 @@ impl MirrorWriter {
         let published = published
             .enter()
             .expect("the writer keeps the mirror alive");
-        let mut changes = Vec::with_capacity(events.len());
+        let events = events.into_iter();
+        let mut changes = Vec::with_capacity(events.size_hint().0);
         for event in events {
-            let (id, entity) = match event {
-                EntityEvent::Added(entity) | EntityEvent::Modified(entity) => {
-                    (entity.id.clone(), Some(entity))
-                }
-                EntityEvent::Deleted(id) => (id, None),
-            };
-            let key = IdKey::of(&id);
+            let id = event.id();
+            let entity = event.upserted();
+            let key = IdKey::of(id);
             let hash = key.hash();
-            let is_id = |(touched, _): &(EntityId, Option<Record>)| *touched == id;
+            let is_id = |(touched, _): &(EntityId, Option<Record>)| touched == id;
             let before = match batch.find(hash, is_id) {
                 Some((_, record)) => record.clone(),
                 None => published.get_hashed(hash, key).cloned(),
@@ -165,7 +211,7 @@ impl MirrorWriter {
             match batch.entry(hash, is_id, rehash) {
                 Entry::Occupied(mut touched) => touched.get_mut().1 = after.clone(),
                 Entry::Vacant(untouched) => {
-                    untouched.insert((id, after.clone()));
+                    untouched.insert((id.clone(), after.clone()));
                 }
             }
             handle.append(Op::Swap {
@@ -198,41 +244,36 @@ impl MirrorWriter {
     /// Each entity's record is built (and its tags interned) now, so the work
     /// of a snapshot is spread over its chunks as they arrive rather than
     /// done at once when it completes.
-    pub fn stage(&mut self, events: impl IntoIterator<Item = EntityEvent>) {
+    pub fn stage<E: MirrorEvent>(&mut self, events: impl IntoIterator<Item = E>) {
         let published = self
             .published
             .enter()
             .expect("the writer keeps the mirror alive");
         let rehash = |staged: &Staged| staged.hash;
         for event in events {
-            let entity = match event {
-                EntityEvent::Added(entity) | EntityEvent::Modified(entity) => entity,
-                EntityEvent::Deleted(id) => {
-                    let hash = IdKey::of(&id).hash();
-                    if let Ok(staged) = self.staged.find_entry(hash, |s| s.id == id) {
-                        staged.remove();
-                    }
-                    continue;
+            let id = event.id();
+            let hash = IdKey::of(id).hash();
+            let Some(entity) = event.upserted() else {
+                if let Ok(staged) = self.staged.find_entry(hash, |s| s.id == *id) {
+                    staged.remove();
                 }
+                continue;
             };
-            let key = IdKey::of(&entity.id);
-            let hash = key.hash();
             // The published record is reused when unchanged, and its lists
             // otherwise: a resync mostly re-sends what the mirror holds.
-            let previous = published.get_hashed(hash, key);
+            let previous = published.get_hashed(hash, IdKey::of(id));
             let record = match previous {
                 Some(previous) if previous.holds(&entity) => previous.clone(),
                 _ => self.interner.record(&entity, previous),
             };
-            let staged = Staged {
-                hash,
-                id: entity.id,
-                record,
-            };
-            match self.staged.entry(hash, |s| s.id == staged.id, rehash) {
-                Entry::Occupied(mut slot) => *slot.get_mut() = staged,
+            match self.staged.entry(hash, |s| s.id == *id, rehash) {
+                Entry::Occupied(mut slot) => slot.get_mut().record = record,
                 Entry::Vacant(slot) => {
-                    slot.insert(staged);
+                    slot.insert(Staged {
+                        hash,
+                        id: id.clone(),
+                        record,
+                    });
                 }
             }
         }

@@ -14,7 +14,7 @@ use std::fmt;
 use hashbrown::HashTable;
 use triomphe::ThinArc;
 
-use crate::domain::{Cardinality, Entity, EntityId};
+use crate::domain::{Cardinality, Entity, EntityId, EntityRef};
 
 use super::store::{IdKey, fixed_hash, hash_texts};
 
@@ -68,13 +68,13 @@ impl TagList {
         hash_texts(self.texts())
     }
 
-    fn holds(&self, texts: &[String]) -> bool {
+    fn holds<S: AsRef<str>>(&self, texts: &[S]) -> bool {
         self.tags().len() == texts.len()
             && self
                 .tags()
                 .iter()
                 .zip(texts)
-                .all(|(tag, text)| tag.as_str() == text)
+                .all(|(tag, text)| tag.as_str() == text.as_ref())
     }
 
     fn is_shared(&self) -> bool {
@@ -162,13 +162,16 @@ impl Record {
 
     /// Whether this record already holds exactly `entity`'s tags, so an
     /// upsert of it changes nothing.
-    pub(super) fn holds(&self, entity: &Entity) -> bool {
+    pub(super) fn holds<S: AsRef<str>>(&self, entity: &EntityRef<'_, S>) -> bool {
         let [low, orchestrator, standard] = &self.header().shared;
-        low.holds(&entity.low)
-            && orchestrator.holds(&entity.orchestrator)
-            && standard.holds(&entity.standard)
+        low.holds(entity.low)
+            && orchestrator.holds(entity.orchestrator)
+            && standard.holds(entity.standard)
             && self.high().len() == entity.high.len()
-            && self.high().zip(&entity.high).all(|(tag, text)| tag == text)
+            && self
+                .high()
+                .zip(entity.high)
+                .all(|(tag, text)| tag == text.as_ref())
     }
 
     /// Whether both records carry the same tags. Interned lists make that a
@@ -292,15 +295,18 @@ impl Interner {
     /// than they change (every container of an app has the same low list),
     /// so a known list is found from the texts alone; only a new list
     /// interns its strings.
-    fn intern_list(&mut self, texts: &[String], previous: Option<&TagList>) -> TagList {
+    fn intern_list<S: AsRef<str>>(&mut self, texts: &[S], previous: Option<&TagList>) -> TagList {
         if let Some(previous) = previous.filter(|list| list.holds(texts)) {
             return previous.clone();
         }
-        let hash = hash_texts(texts.iter().map(String::as_str));
+        let hash = hash_texts(texts.iter().map(AsRef::as_ref));
         if let Some(list) = self.lists.find(hash, |list| list.holds(texts)) {
             return list.clone();
         }
-        let tags: Vec<Tag> = texts.iter().map(|text| self.intern(text)).collect();
+        let tags: Vec<Tag> = texts
+            .iter()
+            .map(|text| self.intern(text.as_ref()))
+            .collect();
         let list = TagList(ThinArc::from_header_and_iter((), tags.into_iter()));
         self.lists
             .insert_unique(hash, list.clone(), TagList::content_hash);
@@ -309,9 +315,13 @@ impl Interner {
 
     /// Builds the record of `entity`, reusing the lists of `previous` (the
     /// record it replaces) where they are unchanged.
-    pub(super) fn record(&mut self, entity: &Entity, previous: Option<&Record>) -> Record {
+    pub(super) fn record<S: AsRef<str>>(
+        &mut self,
+        entity: &EntityRef<'_, S>,
+        previous: Option<&Record>,
+    ) -> Record {
         let previous = previous.map(|record| &record.header().shared);
-        let lists = [&entity.low, &entity.orchestrator, &entity.standard];
+        let lists = [entity.low, entity.orchestrator, entity.standard];
         let shared = [LOW, ORCHESTRATOR, STANDARD]
             .map(|part| self.intern_list(lists[part], previous.map(|lists| &lists[part])));
         let uid = entity.id.uid();
@@ -319,14 +329,14 @@ impl Interner {
         let bytes = &mut self.scratch_bytes;
         bytes.clear();
         let mut end = id_len;
-        for tag in &entity.high {
-            end += tag.len();
+        for tag in entity.high {
+            end += tag.as_ref().len();
             bytes.extend_from_slice(&offset(end).to_ne_bytes());
         }
         bytes.push(entity.id.prefix_index());
         bytes.extend_from_slice(uid.as_bytes());
-        for tag in &entity.high {
-            bytes.extend_from_slice(tag.as_bytes());
+        for tag in entity.high {
+            bytes.extend_from_slice(tag.as_ref().as_bytes());
         }
         let header = RecordHeader {
             shared,
@@ -540,7 +550,7 @@ mod tests {
         let mut full = entity("process://ü-1", &odd, &odd);
         full.orchestrator = texts(&odd[1..]);
         full.standard = texts(&odd[..2]);
-        let record = interner.record(&full, None);
+        let record = interner.record(&full.as_ref(), None);
         assert_eq!(record.entity_id(), full.id);
         assert_eq!(record.to_entity(), full);
         let high = record.tags_for(Cardinality::High);
@@ -549,21 +559,21 @@ mod tests {
         let by_index: Vec<&str> = (0..high.len()).map(|i| high.get(i).unwrap()).collect();
         assert_eq!(by_index, full.tags(Cardinality::High));
         assert_eq!(high.get(11), None);
-        assert!(record.holds(&full));
+        assert!(record.holds(&full.as_ref()));
     }
 
     #[test]
     fn equal_lists_and_strings_share_one_allocation() {
         let mut interner = Interner::default();
         let a = interner.record(
-            &entity("process://1", &["env:prod", "app:x"], &["pid:1"]),
+            &entity("process://1", &["env:prod", "app:x"], &["pid:1"]).as_ref(),
             None,
         );
         let b = interner.record(
-            &entity("process://2", &["env:prod", "app:x"], &["pid:2"]),
+            &entity("process://2", &["env:prod", "app:x"], &["pid:2"]).as_ref(),
             None,
         );
-        let c = interner.record(&entity("process://3", &["app:x"], &[]), None);
+        let c = interner.record(&entity("process://3", &["app:x"], &[]).as_ref(), None);
         let low = |record: &Record| record.header().shared[LOW].clone();
         assert!(low(&a).is_same(&low(&b)));
         assert!(!low(&a).is_same(&low(&c)));
@@ -572,7 +582,7 @@ mod tests {
         assert_eq!(interner.strings(), 2);
         assert!(!a.same_tags_as(&b));
         let a_again = interner.record(
-            &entity("process://1", &["env:prod", "app:x"], &["pid:1"]),
+            &entity("process://1", &["env:prod", "app:x"], &["pid:1"]).as_ref(),
             None,
         );
         assert!(a.same_tags_as(&a_again));
@@ -581,7 +591,7 @@ mod tests {
     #[test]
     fn empty_selections_hold_no_record() {
         let mut interner = Interner::default();
-        let record = interner.record(&entity("process://1", &[], &["pid:1"]), None);
+        let record = interner.record(&entity("process://1", &[], &["pid:1"]).as_ref(), None);
         assert!(record.tags_for(Cardinality::Orchestrator).is_empty());
         assert!(record.standard().record.is_none());
         assert_eq!(record.tags_for(Cardinality::High), ["pid:1"]);

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::stats::{ServerStats, Telemetry, increment};
 use super::store::{Change, PrefixFilter, Snapshot, Store};
-use crate::wire::encode_event;
 use crate::domain::{Cardinality, Entity, EntityEvent, EntityId};
+use crate::wire::encode_event;
 
 /// Changes applied together, shared by every subscriber.
 pub(crate) type ChangeBatch = Arc<Batch>;

@@ -29,9 +29,9 @@ use super::hub::{ChangeBatch, ResumeRefused, Stop, StoreHandle};
 use super::stats::{GaugeGuard, Telemetry, increment};
 use super::store::{Chunker, PrefixFilter};
 use crate::domain::{Cardinality, EntityId};
-use crate::proto::model as pb;
 use crate::proto::encoded::EncodedStreamTagsResponse;
 use crate::proto::encoded::agent_secure_server::{AgentSecure, AgentSecureServer};
+use crate::proto::model as pb;
 
 /// Tunables of the streaming service; `Default` is the Datadog Agent's values.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::wire::encode_added;
 use crate::domain::{Cardinality, Entity, EntityEvent, EntityId};
 use crate::rng::SplitMix64;
+use crate::wire::encode_added;
 
 /// Identity of one store instance. A restarted server gets a new epoch, so a
 /// client's revision from a previous instance is never mistaken for one of
