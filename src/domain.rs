@@ -146,15 +146,16 @@ pub fn known_prefix_index(prefix: &str) -> Option<u8> {
 }
 
 /// An entity's identity, `prefix://uid`, with a known prefix and a non-empty
-/// uid. Cheap to clone (one shared allocation); the prefix length is kept so
-/// splitting never searches.
+/// uid. Cheap to clone (one shared allocation); the prefix's position in
+/// [`KNOWN_PREFIXES`] is kept so splitting never searches and the mirror
+/// gets its key without matching the prefix text.
 #[derive(Clone)]
 pub struct EntityId {
     text: Arc<str>,
-    prefix_len: u8,
+    prefix_index: u8,
 }
 
-// Identity is the text alone (the prefix length follows from it), and must
+// Identity is the text alone (the prefix index follows from it), and must
 // hash and compare like `str` for `Borrow<str>` lookups.
 impl PartialEq for EntityId {
     fn eq(&self, other: &Self) -> bool {
@@ -185,12 +186,15 @@ impl std::hash::Hash for EntityId {
 impl EntityId {
     /// Builds an id from its parts, validating both.
     pub fn new(prefix: &str, uid: &str) -> Result<Self, DomainError> {
-        Self::validate(prefix, uid)?;
+        let prefix_index = Self::validate(prefix, uid)?;
         let mut text = String::with_capacity(prefix.len() + ID_SEPARATOR.len() + uid.len());
         text.push_str(prefix);
         text.push_str(ID_SEPARATOR);
         text.push_str(uid);
-        Ok(Self::from_valid(text.as_str(), prefix.len()))
+        Ok(Self {
+            text: Arc::from(text),
+            prefix_index,
+        })
     }
 
     /// Parses the text form `prefix://uid`.
@@ -198,28 +202,29 @@ impl EntityId {
         let (prefix, uid) = text
             .split_once(ID_SEPARATOR)
             .ok_or_else(|| DomainError::MalformedId(text.to_owned()))?;
-        Self::validate(prefix, uid)?;
-        Ok(Self::from_valid(text, prefix.len()))
+        let prefix_index = Self::validate(prefix, uid)?;
+        Ok(Self {
+            text: Arc::from(text),
+            prefix_index,
+        })
     }
 
-    fn validate(prefix: &str, uid: &str) -> Result<(), DomainError> {
+    /// The prefix's index in [`KNOWN_PREFIXES`], if both parts are valid.
+    fn validate(prefix: &str, uid: &str) -> Result<u8, DomainError> {
         if prefix.is_empty() {
             return Err(DomainError::EmptyPrefix);
         }
-        if known_prefix_index(prefix).is_none() {
+        let Some(index) = known_prefix_index(prefix) else {
             return Err(DomainError::UnknownPrefix(prefix.to_owned()));
-        }
+        };
         if uid.is_empty() {
             return Err(DomainError::EmptyUid(prefix.to_owned()));
         }
-        Ok(())
+        Ok(index)
     }
 
-    fn from_valid(text: &str, prefix_len: usize) -> Self {
-        Self {
-            text: Arc::from(text),
-            prefix_len: u8::try_from(prefix_len).expect("known prefixes are short"),
-        }
+    fn prefix_len(&self) -> usize {
+        KNOWN_PREFIXES[usize::from(self.prefix_index)].len()
     }
 
     /// The text form, `prefix://uid`.
@@ -227,17 +232,17 @@ impl EntityId {
         &self.text
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.text[..usize::from(self.prefix_len)]
+    pub fn prefix(&self) -> &'static str {
+        KNOWN_PREFIXES[usize::from(self.prefix_index)]
     }
 
     pub fn uid(&self) -> &str {
-        &self.text[usize::from(self.prefix_len) + ID_SEPARATOR.len()..]
+        &self.text[self.prefix_len() + ID_SEPARATOR.len()..]
     }
 
     /// The position of the prefix in [`KNOWN_PREFIXES`].
     pub fn prefix_index(&self) -> u8 {
-        known_prefix_index(self.prefix()).expect("an EntityId's prefix is known")
+        self.prefix_index
     }
 
     /// Splits the text form `prefix://uid` into the position of its prefix

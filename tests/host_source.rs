@@ -373,11 +373,10 @@ fn a_process_that_exited_is_read_again_not_served_from_memory() {
         .args(["-KILL", &pid.to_string()])
         .status();
     assert!(killed.unwrap().success());
+    // Wait for state Z, not just an empty cmdline: the kernel drops the
+    // command line before it marks the process exited (and wakes pidfds).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap()
-        .is_empty()
-    {
+    while !is_zombie(pid) {
         assert!(Instant::now() < deadline, "{pid} never became a zombie");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -455,4 +454,12 @@ async fn the_running_source_follows_processes_coming_and_going() {
     // Process 70 (no Uid line) is skipped at every scan.
     assert!(server.store.stats().source_skipped >= 1);
     server.stop().await;
+}
+
+/// Whether `/proc/PID/stat` says the process is a zombie (state `Z`, after
+/// the command name, which may hold spaces and parentheses).
+fn is_zombie(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, after_name) = stat.rsplit_once(')').unwrap();
+    after_name.trim_start().starts_with('Z')
 }

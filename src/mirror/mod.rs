@@ -252,7 +252,8 @@ impl MirrorWriter {
         let rehash = |staged: &Staged| staged.hash;
         for event in events {
             let id = event.id();
-            let hash = IdKey::of(id).hash();
+            let key = IdKey::of(id);
+            let hash = key.hash();
             let Some(entity) = event.upserted() else {
                 if let Ok(staged) = self.staged.find_entry(hash, |s| s.id == *id) {
                     staged.remove();
@@ -261,7 +262,7 @@ impl MirrorWriter {
             };
             // The published record is reused when unchanged, and its lists
             // otherwise: a resync mostly re-sends what the mirror holds.
-            let previous = published.get_hashed(hash, IdKey::of(id));
+            let previous = published.get_hashed(hash, key);
             let record = match previous {
                 Some(previous) if previous.holds(&entity) => previous.clone(),
                 _ => self.interner.record(&entity, previous),
@@ -303,7 +304,12 @@ impl MirrorWriter {
         let mut next = Store::with_capacity(staged.len());
         let mut changes = Vec::with_capacity(staged.len());
         for Staged { hash, id, record } in staged {
-            let kind = change(published.get_hashed(hash, record.key()), Some(&record));
+            // A first sync has nothing to compare with: skip the lookups.
+            let previous = match published.len() {
+                0 => None,
+                _ => published.get_hashed(hash, IdKey::of(&id)),
+            };
+            let kind = change(previous, Some(&record));
             next.insert_unique(hash, record);
             if let Some(kind) = kind {
                 changes.push(EntityChange { kind, id });

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::stats::{ServerStats, Telemetry, increment};
 use super::store::{Change, PrefixFilter, Snapshot, Store};
 use crate::domain::{Cardinality, Entity, EntityEvent, EntityId};
-use crate::wire::encode_event;
+use crate::wire::EventEncoder;
 
 /// Changes applied together, shared by every subscriber.
 pub(crate) type ChangeBatch = Arc<Batch>;
@@ -39,9 +39,12 @@ impl Batch {
         cardinality: Cardinality,
     ) -> impl Iterator<Item = (&Change, &Bytes)> {
         let encoded = self.encoded[cardinality as usize].get_or_init(|| {
+            // One allocation per event: a batch may wait long in a slow
+            // subscriber's queue, and must not pin more than its own bytes.
+            let mut encoder = EventEncoder::default();
             self.changes
                 .iter()
-                .map(|change| encode_event(&change.event, cardinality))
+                .map(|change| encoder.event(&change.event, cardinality))
                 .collect()
         });
         self.changes.iter().zip(encoded)

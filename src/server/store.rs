@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::domain::{Cardinality, Entity, EntityEvent, EntityId};
 use crate::rng::SplitMix64;
-use crate::wire::encode_added;
+use crate::wire::EventEncoder;
 
 /// Identity of one store instance. A restarted server gets a new epoch, so a
 /// client's revision from a previous instance is never mistaken for one of
@@ -157,11 +157,16 @@ impl Snapshot {
         SnapshotChunks {
             entities: self.entities.into_iter(),
             cardinality,
+            encoder: EventEncoder::with_block_size(SNAPSHOT_BLOCK_SIZE),
             chunker: Chunker::new(budget),
             finished: false,
         }
     }
 }
+
+/// Snapshot events are encoded into blocks of this size (see
+/// [`EventEncoder`]).
+const SNAPSHOT_BLOCK_SIZE: usize = 64 * 1024;
 
 /// One response's worth of a snapshot.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,6 +183,9 @@ pub struct SnapshotChunk {
 pub struct SnapshotChunks {
     entities: std::vec::IntoIter<Arc<Entity>>,
     cardinality: Cardinality,
+    /// Shared blocks: a chunk is sent and dropped at once, so nothing pins
+    /// a block for long.
+    encoder: EventEncoder,
     chunker: Chunker,
     finished: bool,
 }
@@ -190,7 +198,7 @@ impl Iterator for SnapshotChunks {
             return None;
         }
         for entity in self.entities.by_ref() {
-            let event = encode_added(&entity, self.cardinality);
+            let event = self.encoder.added(&entity, self.cardinality);
             if let Some(events) = self.chunker.push(event) {
                 return Some(SnapshotChunk {
                     events,
