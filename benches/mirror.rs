@@ -164,5 +164,33 @@ fn writes(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookups, writes);
+/// The machine's floor for a random lookup: one dependent load from a
+/// random place in 64 MiB (a cyclic pointer chase, one cache line per hop),
+/// about the size of a 100k-entity mirror's records plus the ids a caller
+/// looks up. A lookup that misses the cache for the record it must compare
+/// cannot be faster than one such load.
+fn memory_latency(c: &mut Criterion) {
+    const LINES: usize = 64 * 1024 * 1024 / 64;
+    const WORDS_PER_LINE: usize = 8;
+    let mut order: Vec<usize> = (0..LINES).collect();
+    let mut rng = SplitMix64::new(SEED);
+    for i in (1..LINES).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let mut next = vec![0usize; LINES * WORDS_PER_LINE];
+    for (k, &line) in order.iter().enumerate() {
+        next[line * WORDS_PER_LINE] = order[(k + 1) % LINES] * WORDS_PER_LINE;
+    }
+    let mut at = 0;
+    let mut group = c.benchmark_group("machine");
+    group.bench_function("dependent_load_random_64MiB", |b| {
+        b.iter(|| {
+            at = next[at];
+            at
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, lookups, writes, memory_latency);
 criterion_main!(benches);
