@@ -127,9 +127,11 @@ impl Store {
             .map(|(&prefix, count)| (prefix, count))
     }
 
-    /// Inserts `record`, whose id the store does not hold.
-    pub(super) fn insert_unique(&mut self, hash: u64, record: Record) {
-        count_entity(&mut self.by_prefix, &record, 1);
+    /// Inserts `record` of `id`, which the store does not hold (`id` saves
+    /// reading the record, likely a cache miss, for its prefix).
+    pub(super) fn insert_unique(&mut self, hash: u64, id: &EntityId, record: Record) {
+        let count = &mut self.by_prefix[usize::from(id.prefix_index())];
+        *count += 1;
         self.records.insert_unique(hash, record, record_hash);
     }
 
