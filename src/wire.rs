@@ -5,6 +5,8 @@
 //! - decoded in place, into an event whose strings borrow the received bytes,
 //!   so a client allocates no string for a tag its mirror already interned.
 
+use std::ops::Range;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{
     WireType, decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, key_len,
@@ -159,27 +161,60 @@ fn encode_string_if_set(field: u32, text: &str, buf: &mut BytesMut) {
 }
 
 /// What a `StreamTagsEvent` carries, read in place: the tags borrow the
-/// encoded bytes. Decoding follows prost's rules: the last value of a
-/// singular field wins, repeated fields and repeated messages accumulate,
-/// unknown fields are skipped.
+/// encoded bytes, and all of them sit in one vector (one allocation per
+/// event). Decoding follows prost's rules: the last value of a singular field
+/// wins, repeated fields and repeated messages accumulate, unknown fields are
+/// skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedEvent<'a> {
     pub kind: pb::EventType,
     pub id: EntityId,
-    pub low: Vec<&'a str>,
-    pub orchestrator: Vec<&'a str>,
-    pub high: Vec<&'a str>,
-    pub standard: Vec<&'a str>,
+    /// Every tag, list after list in [`LIST_ORDER`].
+    tags: Vec<&'a str>,
+    /// Where each list of [`LIST_ORDER`] is in `tags`.
+    lists: [Range<usize>; LIST_ORDER.len()],
 }
 
-impl DecodedEvent<'_> {
+/// The order of the lists in [`DecodedEvent::tags`], as `Entity` field numbers.
+const LIST_ORDER: [u32; 4] = [
+    ENTITY_LOW,
+    ENTITY_ORCHESTRATOR,
+    ENTITY_HIGH,
+    ENTITY_STANDARD,
+];
+const LOW: usize = 0;
+const ORCHESTRATOR: usize = 1;
+const HIGH: usize = 2;
+const STANDARD: usize = 3;
+
+fn list_position(field: u32) -> Option<usize> {
+    LIST_ORDER.iter().position(|&list| list == field)
+}
+
+impl<'a> DecodedEvent<'a> {
+    pub fn low(&self) -> &[&'a str] {
+        &self.tags[self.lists[LOW].clone()]
+    }
+
+    pub fn orchestrator(&self) -> &[&'a str] {
+        &self.tags[self.lists[ORCHESTRATOR].clone()]
+    }
+
+    pub fn high(&self) -> &[&'a str] {
+        &self.tags[self.lists[HIGH].clone()]
+    }
+
+    pub fn standard(&self) -> &[&'a str] {
+        &self.tags[self.lists[STANDARD].clone()]
+    }
+
     /// Drops the tags above `cardinality` (a server may send more than asked).
     pub fn reduce(&mut self, cardinality: Cardinality) {
         if cardinality < Cardinality::High {
-            self.high.clear();
+            self.lists[HIGH].end = self.lists[HIGH].start;
         }
         if cardinality < Cardinality::Orchestrator {
-            self.orchestrator.clear();
+            self.lists[ORCHESTRATOR].end = self.lists[ORCHESTRATOR].start;
         }
     }
 
@@ -189,10 +224,10 @@ impl DecodedEvent<'_> {
         let owned = |tags: &[&str]| tags.iter().map(|tag| (*tag).to_owned()).collect();
         let entity = || Entity {
             id: self.id.clone(),
-            low: owned(&self.low),
-            orchestrator: owned(&self.orchestrator),
-            high: owned(&self.high),
-            standard: owned(&self.standard),
+            low: owned(self.low()),
+            orchestrator: owned(self.orchestrator()),
+            high: owned(self.high()),
+            standard: owned(self.standard()),
         };
         match self.kind {
             pb::EventType::Added => EntityEvent::Added(entity()),
@@ -207,75 +242,89 @@ impl DecodedEvent<'_> {
 /// message (which prost would reject too).
 pub fn decode_event(bytes: &[u8]) -> Result<DecodedEvent<'_>, DomainError> {
     let mut kind = 0;
-    let mut entity: Option<EntityFields<'_>> = None;
+    // The `entity` field, usually once; prost merges repeats.
+    let mut entity = None;
+    let mut more_entity = Vec::new();
     for field in Fields::new(bytes) {
         match field? {
             (EVENT_TYPE, Value::Varint(value)) => kind = value as i32,
-            (EVENT_ENTITY, Value::Bytes(body)) => {
-                entity
-                    .get_or_insert_with(EntityFields::default)
-                    .merge(body)?;
-            }
+            (EVENT_ENTITY, Value::Bytes(body)) if entity.is_none() => entity = Some(body),
+            (EVENT_ENTITY, Value::Bytes(body)) => more_entity.push(body),
             (EVENT_TYPE | EVENT_ENTITY, _) => return Err(DomainError::MalformedEvent),
             _ => {}
         }
     }
+    let bodies = || entity.into_iter().chain(more_entity.iter().copied());
+    // First pass: the structure, the id and how many tags each list has;
+    // second: the tags, validated, into one vector of the right size.
+    let mut id = None;
+    let mut counts = [0; LIST_ORDER.len()];
+    for body in bodies() {
+        scan_entity(body, &mut id, &mut counts)?;
+    }
+    let mut lists: [Range<usize>; LIST_ORDER.len()] = Default::default();
+    let mut next = 0;
+    for (list, count) in lists.iter_mut().zip(counts) {
+        *list = next..next + count;
+        next += count;
+    }
+    let mut tags = vec![""; next];
+    let mut cursors = lists.clone().map(|list| list.start);
+    for body in bodies() {
+        for field in Fields::new(body) {
+            if let (number, Value::Bytes(bytes)) = field?
+                && let Some(list) = list_position(number)
+            {
+                tags[cursors[list]] = text(bytes)?;
+                cursors[list] += 1;
+            }
+        }
+    }
     // Checked in `EntityEvent::from_proto`'s order, so both report the
     // same error for the same bytes.
-    let entity = entity.ok_or(DomainError::MissingEntity)?;
+    if entity.is_none() {
+        return Err(DomainError::MissingEntity);
+    }
     let kind = pb::EventType::try_from(kind).map_err(|_| DomainError::UnknownEventType(kind))?;
-    let (prefix, uid) = entity.id.ok_or(DomainError::MissingId)?;
-    let id = EntityId::new(prefix, uid)?;
+    let (prefix, uid) = id.ok_or(DomainError::MissingId)?;
     Ok(DecodedEvent {
         kind,
-        id,
-        low: entity.low,
-        orchestrator: entity.orchestrator,
-        high: entity.high,
-        standard: entity.standard,
+        id: EntityId::new(prefix, uid)?,
+        tags,
+        lists,
     })
 }
 
-/// The fields of an `Entity` message, merged over its occurrences.
-#[derive(Default)]
-struct EntityFields<'a> {
-    /// Prefix and uid; present once an `id` field was seen (even empty).
-    id: Option<(&'a str, &'a str)>,
-    low: Vec<&'a str>,
-    orchestrator: Vec<&'a str>,
-    high: Vec<&'a str>,
-    standard: Vec<&'a str>,
-}
-
-impl<'a> EntityFields<'a> {
-    fn merge(&mut self, body: &'a [u8]) -> Result<(), DomainError> {
-        for field in Fields::new(body) {
-            let (number, value) = field?;
-            let Value::Bytes(bytes) = value else {
-                // Every field of `Entity` we know is length-delimited.
-                if (ENTITY_ID..=ENTITY_STANDARD).contains(&number) {
-                    return Err(DomainError::MalformedEvent);
+/// Checks one `Entity` body's structure, merges its id into `id` (present
+/// once an `id` field was seen, even empty) and counts its tags per list.
+fn scan_entity<'a>(
+    body: &'a [u8],
+    id: &mut Option<(&'a str, &'a str)>,
+    counts: &mut [usize; LIST_ORDER.len()],
+) -> Result<(), DomainError> {
+    for field in Fields::new(body) {
+        let (number, value) = field?;
+        let Value::Bytes(bytes) = value else {
+            // Every field of `Entity` we know is length-delimited.
+            if (ENTITY_ID..=ENTITY_STANDARD).contains(&number) {
+                return Err(DomainError::MalformedEvent);
+            }
+            continue;
+        };
+        match number {
+            ENTITY_ID => merge_id(id.get_or_insert(("", "")), bytes)?,
+            // `hash` is unused, but still UTF-8 checked like prost does.
+            ENTITY_HASH => {
+                text(bytes)?;
+            }
+            _ => {
+                if let Some(list) = list_position(number) {
+                    counts[list] += 1;
                 }
-                continue;
-            };
-            match number {
-                ENTITY_ID => {
-                    let id = self.id.get_or_insert(("", ""));
-                    merge_id(id, bytes)?;
-                }
-                ENTITY_HIGH => self.high.push(text(bytes)?),
-                ENTITY_ORCHESTRATOR => self.orchestrator.push(text(bytes)?),
-                ENTITY_LOW => self.low.push(text(bytes)?),
-                ENTITY_STANDARD => self.standard.push(text(bytes)?),
-                // `hash` (unused, but still UTF-8 checked like prost does).
-                ENTITY_HASH => {
-                    text(bytes)?;
-                }
-                _ => {}
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 fn merge_id<'a>(id: &mut (&'a str, &'a str), body: &'a [u8]) -> Result<(), DomainError> {

@@ -93,12 +93,12 @@ impl<'a> MirrorEvent for DecodedEvent<'a> {
     }
 
     fn upserted(&self) -> Option<EntityRef<'_, &'a str>> {
-        (self.kind != crate::proto::model::EventType::Deleted).then_some(EntityRef {
+        (self.kind != crate::proto::model::EventType::Deleted).then(|| EntityRef {
             id: &self.id,
-            low: &self.low,
-            orchestrator: &self.orchestrator,
-            high: &self.high,
-            standard: &self.standard,
+            low: self.low(),
+            orchestrator: self.orchestrator(),
+            high: self.high(),
+            standard: self.standard(),
         })
     }
 }
