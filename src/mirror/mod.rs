@@ -18,6 +18,11 @@
 //! too. A query hands back a [`Tags`] view: the record plus which of its tags,
 //! no string copied. The interner belongs to the writer and is swept of
 //! values nobody references, amortised over the values it interns.
+//!
+//! Records are built from borrowed strings ([`MirrorEvent`]), so events
+//! decoded in place from a received message are stored without an owned
+//! copy in between. A snapshot is staged (records built as its chunks come,
+//! invisible) and committed in one swap.
 
 mod counters;
 mod record;
@@ -170,7 +175,8 @@ const fn text_less(a: &str, b: &str) -> bool {
 
 /// The only handle that changes the mirror, owned by the client core. It
 /// spawns no thread and reads no clock: everything it does happens inside
-/// [`apply`](Self::apply) and [`replace_all`](Self::replace_all).
+/// its methods ([`apply`](Self::apply), [`stage`](Self::stage) and
+/// [`commit_staged`](Self::commit_staged), [`replace_all`](Self::replace_all)).
 pub struct MirrorWriter {
     handle: WriteHandle<Store, Op>,
     /// The writer's own view of the published copy, which after every
