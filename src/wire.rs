@@ -8,6 +8,7 @@
 use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message as _;
 use prost::encoding::{
     WireType, decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, key_len,
 };
@@ -15,7 +16,6 @@ use prost::encoding::{
 use crate::domain::{Cardinality, DomainError, Entity, EntityEvent, EntityId};
 use crate::proto::encoded::EncodedStreamTagsResponse;
 use crate::proto::model as pb;
-use prost::Message as _;
 
 /// Field numbers of `StreamTagsEvent`, `Entity` and `EntityId`.
 const EVENT_TYPE: u32 = 1;
