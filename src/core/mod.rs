@@ -411,8 +411,6 @@ impl ClientCore {
             resume_epoch,
         };
         self.commands.push_back(Command::OpenStream { id, request });
-        // Whatever a broken stream staged is not a snapshot any more.
-        self.mirror.discard_staged();
         self.state = State::Open {
             id,
             headers_received: false,
@@ -426,6 +424,8 @@ impl ClientCore {
         let State::Open { id, .. } = self.state else {
             return;
         };
+        // Whatever the stream staged is not a snapshot any more; every
+        // attempt but the first starts here, so the next one stages afresh.
         self.mirror.discard_staged();
         self.telemetry.stream_errors += 1;
         let retry_in = self.backoff.next_delay();

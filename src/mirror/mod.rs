@@ -365,11 +365,13 @@ impl MirrorWriter {
             .expect("the writer keeps the mirror alive");
         let mut next = Store::with_capacity(staged.len());
         let mut changes = Vec::with_capacity(staged.len());
+        // A first sync has nothing to compare with: skip the lookups.
+        let first_sync = published.len() == 0;
         for Staged { hash, id, record } in staged {
-            // A first sync has nothing to compare with: skip the lookups.
-            let previous = match published.len() {
-                0 => None,
-                _ => published.get_hashed(hash, IdKey::of(&id)),
+            let previous = if first_sync {
+                None
+            } else {
+                published.get_hashed(hash, IdKey::of(&id))
             };
             let kind = change(previous, Some(&record));
             next.insert_unique(hash, &id, record);
