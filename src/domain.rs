@@ -309,17 +309,38 @@ impl Entity {
         }
     }
 
-    /// This entity as a subscriber of `cardinality` sees it: ORCHESTRATOR drops
-    /// the high tags, LOW drops the high and orchestrator tags.
+    pub fn as_ref(&self) -> EntityRef<'_, String> {
+        EntityRef {
+            id: &self.id,
+            low: &self.low,
+            orchestrator: &self.orchestrator,
+            high: &self.high,
+            standard: &self.standard,
+        }
+    }
+
+    /// This entity as a subscriber of `cardinality` sees it, borrowed:
+    /// ORCHESTRATOR drops the high tags, LOW drops the high and orchestrator
+    /// tags. Every reduced form (owned, proto, encoded) derives from this.
+    pub fn as_reduced(&self, cardinality: Cardinality) -> EntityRef<'_, String> {
+        let kept = |wanted: Cardinality, tags| if cardinality >= wanted { tags } else { &[][..] };
+        EntityRef {
+            high: kept(Cardinality::High, &self.high[..]),
+            orchestrator: kept(Cardinality::Orchestrator, &self.orchestrator[..]),
+            ..self.as_ref()
+        }
+    }
+
+    /// [`as_reduced`](Self::as_reduced), owned.
     pub fn reduced(&self, cardinality: Cardinality) -> Self {
-        let mut entity = self.clone();
-        if cardinality < Cardinality::High {
-            entity.high.clear();
+        let reduced = self.as_reduced(cardinality);
+        Self {
+            id: self.id.clone(),
+            low: reduced.low.to_vec(),
+            orchestrator: reduced.orchestrator.to_vec(),
+            high: reduced.high.to_vec(),
+            standard: reduced.standard.to_vec(),
         }
-        if cardinality < Cardinality::Orchestrator {
-            entity.orchestrator.clear();
-        }
-        entity
     }
 
     /// The tags a query of `cardinality` returns: low, then orchestrator, then
@@ -341,20 +362,14 @@ impl Entity {
 
     /// The wire form of [`reduced`](Self::reduced), copying each kept tag once.
     pub fn to_proto_reduced(&self, cardinality: Cardinality) -> pb::Entity {
-        let kept = |wanted: Cardinality, tags: &Vec<String>| {
-            if cardinality >= wanted {
-                tags.clone()
-            } else {
-                Vec::new()
-            }
-        };
+        let reduced = self.as_reduced(cardinality);
         pb::Entity {
             id: Some(self.id.to_proto()),
             hash: String::new(),
-            high_cardinality_tags: kept(Cardinality::High, &self.high),
-            orchestrator_cardinality_tags: kept(Cardinality::Orchestrator, &self.orchestrator),
-            low_cardinality_tags: self.low.clone(),
-            standard_tags: self.standard.clone(),
+            high_cardinality_tags: reduced.high.to_vec(),
+            orchestrator_cardinality_tags: reduced.orchestrator.to_vec(),
+            low_cardinality_tags: reduced.low.to_vec(),
+            standard_tags: reduced.standard.to_vec(),
         }
     }
 
@@ -381,18 +396,6 @@ pub struct EntityRef<'a, S> {
     pub orchestrator: &'a [S],
     pub high: &'a [S],
     pub standard: &'a [S],
-}
-
-impl Entity {
-    pub fn as_ref(&self) -> EntityRef<'_, String> {
-        EntityRef {
-            id: &self.id,
-            low: &self.low,
-            orchestrator: &self.orchestrator,
-            high: &self.high,
-            standard: &self.standard,
-        }
-    }
 }
 
 /// One change of the store, as carried by a `StreamTagsEvent`.

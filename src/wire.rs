@@ -121,12 +121,12 @@ const LIST_FIELDS: [u32; 4] = [
 
 /// The tag lists a subscriber of `cardinality` gets, in [`LIST_FIELDS`] order.
 fn lists(entity: &Entity, cardinality: Cardinality) -> [&[String]; 4] {
-    let kept = |wanted: Cardinality, tags| if cardinality >= wanted { tags } else { &[][..] };
+    let reduced = entity.as_reduced(cardinality);
     [
-        kept(Cardinality::High, &entity.high[..]),
-        kept(Cardinality::Orchestrator, &entity.orchestrator[..]),
-        &entity.low,
-        &entity.standard,
+        reduced.high,
+        reduced.orchestrator,
+        reduced.low,
+        reduced.standard,
     ]
 }
 

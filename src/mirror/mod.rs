@@ -35,9 +35,7 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 use left_right::{ReadHandle, WriteHandle};
 
-use crate::domain::{
-    Cardinality, Entity, EntityEvent, EntityId, EntityRef, KNOWN_PREFIXES, entity_hash,
-};
+use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, EntityRef, entity_hash};
 use crate::wire::DecodedEvent;
 
 pub use counters::{QueryCounts, QueryStatus};
@@ -132,8 +130,7 @@ fn sort_by_id(changes: &mut Vec<EntityChange>) {
         let len = uid.len().min(head.len());
         head[..len].copy_from_slice(&uid[..len]);
         // Zero-padded, the first 8 bytes order like the uid unless they tie.
-        (u128::from(PREFIX_RANKS[usize::from(id.prefix_index())]) << 64)
-            | u128::from(u64::from_be_bytes(head))
+        (u128::from(IdKey::of(id).prefix_rank()) << 64) | u128::from(u64::from_be_bytes(head))
     };
     let mut keyed: Vec<(u128, EntityChange)> = changes
         .drain(..)
@@ -141,36 +138,6 @@ fn sort_by_id(changes: &mut Vec<EntityChange>) {
         .collect();
     keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
     changes.extend(keyed.into_iter().map(|(_, change)| change));
-}
-
-/// The rank of each of [`KNOWN_PREFIXES`] in text order: no known prefix
-/// starts another, so ids order by their prefix first.
-const PREFIX_RANKS: [u8; KNOWN_PREFIXES.len()] = {
-    let mut ranks = [0u8; KNOWN_PREFIXES.len()];
-    let mut i = 0;
-    while i < KNOWN_PREFIXES.len() {
-        let mut j = 0;
-        while j < KNOWN_PREFIXES.len() {
-            if text_less(KNOWN_PREFIXES[j], KNOWN_PREFIXES[i]) {
-                ranks[i] += 1;
-            }
-            j += 1;
-        }
-        i += 1;
-    }
-    ranks
-};
-
-const fn text_less(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let mut i = 0;
-    while i < a.len() && i < b.len() {
-        if a[i] != b[i] {
-            return a[i] < b[i];
-        }
-        i += 1;
-    }
-    a.len() < b.len()
 }
 
 /// The only handle that changes the mirror, owned by the client core. It
@@ -541,6 +508,7 @@ impl fmt::Debug for MirrorReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::KNOWN_PREFIXES;
 
     #[test]
     fn changes_sort_like_their_ids_text() {

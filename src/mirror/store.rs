@@ -56,15 +56,49 @@ impl<'a> IdKey<'a> {
         KNOWN_PREFIXES[usize::from(self.prefix)]
     }
 
-    /// Orders like the ids' text: no known prefix starts another, so the
-    /// prefix text decides first, then the uid.
+    /// The prefix's rank in text order (see [`PREFIX_RANKS`]).
+    pub(super) fn prefix_rank(self) -> u8 {
+        PREFIX_RANKS[usize::from(self.prefix)]
+    }
+
+    /// Orders like the ids' text.
     pub(super) fn cmp_text(self, other: Self) -> std::cmp::Ordering {
-        (self.prefix_text(), self.uid).cmp(&(other.prefix_text(), other.uid))
+        (self.prefix_rank(), self.uid).cmp(&(other.prefix_rank(), other.uid))
     }
 
     pub(super) fn to_entity_id(self) -> EntityId {
         EntityId::new(self.prefix_text(), self.uid).expect("an IdKey comes from an EntityId")
     }
+}
+
+/// The rank of each of [`KNOWN_PREFIXES`] in text order: no known prefix
+/// starts another, so ids order by their prefix first.
+const PREFIX_RANKS: [u8; KNOWN_PREFIXES.len()] = {
+    let mut ranks = [0u8; KNOWN_PREFIXES.len()];
+    let mut i = 0;
+    while i < KNOWN_PREFIXES.len() {
+        let mut j = 0;
+        while j < KNOWN_PREFIXES.len() {
+            if text_less(KNOWN_PREFIXES[j], KNOWN_PREFIXES[i]) {
+                ranks[i] += 1;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    ranks
+};
+
+const fn text_less(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut i = 0;
+    while i < a.len() && i < b.len() {
+        if a[i] != b[i] {
+            return a[i] < b[i];
+        }
+        i += 1;
+    }
+    a.len() < b.len()
 }
 
 /// Hashes a list of strings by content, so a list can be found from the
@@ -130,8 +164,7 @@ impl Store {
     /// Inserts `record` of `id`, which the store does not hold (`id` saves
     /// reading the record, likely a cache miss, for its prefix).
     pub(super) fn insert_unique(&mut self, hash: u64, id: &EntityId, record: Record) {
-        let count = &mut self.by_prefix[usize::from(id.prefix_index())];
-        *count += 1;
+        count_entity(&mut self.by_prefix, id.prefix_index(), 1);
         self.records.insert_unique(hash, record, record_hash);
     }
 
@@ -142,10 +175,10 @@ impl Store {
             (Some(mut slot), Some(new)) => *slot.get_mut() = new,
             (Some(slot), None) => {
                 let (removed, _) = slot.remove();
-                count_entity(&mut self.by_prefix, &removed, -1);
+                count_entity(&mut self.by_prefix, removed.key().prefix, -1);
             }
             (None, Some(new)) => {
-                count_entity(&mut self.by_prefix, &new, 1);
+                count_entity(&mut self.by_prefix, new.key().prefix, 1);
                 self.records.insert_unique(hash, new, record_hash);
             }
             (None, None) => {}
@@ -153,8 +186,9 @@ impl Store {
     }
 }
 
-fn count_entity(by_prefix: &mut PrefixCounts, record: &Record, delta: i64) {
-    let slot = &mut by_prefix[usize::from(record.key().prefix)];
+/// Counts `delta` entities with the prefix of index `prefix`.
+fn count_entity(by_prefix: &mut PrefixCounts, prefix: u8, delta: i64) {
+    let slot = &mut by_prefix[usize::from(prefix)];
     *slot = slot.saturating_add_signed(delta);
 }
 
