@@ -1,0 +1,77 @@
+//! Encoding and decoding `StreamTagsEvent`s: the server encodes each event
+//! once for all its subscribers, every client decodes what it receives. On
+//! the 100k-entity snapshot, against prost's generated code for the same
+//! bytes.
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use prost::Message as _;
+use remote_tagger::domain::{Cardinality, EntityEvent};
+use remote_tagger::proto::model::StreamTagsEvent;
+use remote_tagger::wire::{EventEncoder, decode_event};
+use remote_tagger::workload::{Workload, WorkloadConfig};
+
+/// The allocator the `remote-tagger` binary ships with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ENTITIES: usize = 100_000;
+/// The block size a server encodes snapshots into.
+const SNAPSHOT_BLOCK: usize = 64 * 1024;
+
+fn snapshot_events() -> Vec<EntityEvent> {
+    let workload = Workload::new(WorkloadConfig {
+        entities: ENTITIES,
+        seed: 1,
+    });
+    workload
+        .snapshot()
+        .into_iter()
+        .map(EntityEvent::Added)
+        .collect()
+}
+
+fn wire(c: &mut Criterion) {
+    let events = snapshot_events();
+    let encoded: Vec<Bytes> = {
+        let mut encoder = EventEncoder::with_block_size(SNAPSHOT_BLOCK);
+        events
+            .iter()
+            .map(|event| encoder.event(event, Cardinality::High))
+            .collect()
+    };
+    let bytes: usize = encoded.iter().map(Bytes::len).sum();
+    eprintln!("{} events, {bytes} bytes encoded", encoded.len());
+
+    let mut group = c.benchmark_group("wire_100k_snapshot");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(encoded.len() as u64));
+    group.bench_function("encode", |b| {
+        b.iter(|| {
+            let mut encoder = EventEncoder::with_block_size(SNAPSHOT_BLOCK);
+            for event in &events {
+                black_box(encoder.event(event, Cardinality::High));
+            }
+        })
+    });
+    group.bench_function("decode_in_place", |b| {
+        b.iter(|| {
+            for event in &encoded {
+                black_box(decode_event(event).expect("a valid event"));
+            }
+        })
+    });
+    group.bench_function("decode_prost", |b| {
+        b.iter(|| {
+            for event in &encoded {
+                black_box(StreamTagsEvent::decode(event.as_ref()).expect("a valid event"));
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, wire);
+criterion_main!(benches);
