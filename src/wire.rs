@@ -263,7 +263,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<DecodedEvent<'_>, DomainError> {
         seen,
         id,
         mut tags,
-        mut counts,
+        counts,
         in_order,
         ..
     } = entity;
@@ -277,17 +277,22 @@ pub fn decode_event(bytes: &[u8]) -> Result<DecodedEvent<'_>, DomainError> {
     }
     let kind = pb::EventType::try_from(kind).map_err(|_| DomainError::UnknownEventType(kind))?;
     let (prefix, uid) = id.ok_or(DomainError::MissingId)?;
-    let mut next = 0;
-    let lists = counts.each_mut().map(|count| {
-        let list = next..next + *count;
-        next = list.end;
-        list
-    });
     Ok(DecodedEvent {
         kind,
         id: EntityId::new(prefix, uid)?,
         tags,
-        lists,
+        lists: list_ranges(&counts),
+    })
+}
+
+/// Where each list of [`LIST_ORDER`] is in the tags, given how many tags
+/// each has.
+fn list_ranges(counts: &[usize; LIST_ORDER.len()]) -> [Range<usize>; LIST_ORDER.len()] {
+    let mut next = 0;
+    counts.map(|count| {
+        let list = next..next + count;
+        next = list.end;
+        list
     })
 }
 
@@ -364,12 +369,7 @@ fn regroup<'a>(
     counts: &[usize; LIST_ORDER.len()],
 ) -> Result<Vec<&'a str>, DomainError> {
     let mut tags = vec![""; counts.iter().sum()];
-    let mut next = 0;
-    let mut cursors = counts.map(|count| {
-        let start = next;
-        next += count;
-        start
-    });
+    let mut cursors = list_ranges(counts).map(|list| list.start);
     for field in Fields::new(bytes) {
         let (EVENT_ENTITY, Value::Bytes(body)) = field? else {
             continue;
