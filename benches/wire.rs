@@ -1,7 +1,10 @@
 //! Encoding and decoding `StreamTagsEvent`s: the server encodes each event
 //! once for all its subscribers, every client decodes what it receives. On
 //! the 100k-entity snapshot, against prost's generated code for the same
-//! bytes.
+//! bytes, and the server's whole snapshot path (its store's entities, each
+//! its own allocation, encoded into response-sized chunks) and the client's
+//! (decoding each chunk's events in place and staging them in a mirror,
+//! then committing).
 
 use std::hint::black_box;
 
@@ -9,7 +12,9 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message as _;
 use remote_tagger::domain::{Cardinality, EntityEvent};
+use remote_tagger::mirror::MirrorWriter;
 use remote_tagger::proto::model::StreamTagsEvent;
+use remote_tagger::server::{DEFAULT_MAX_MESSAGE_SIZE, Epoch, PrefixFilter, Store};
 use remote_tagger::wire::{EventEncoder, decode_event};
 use remote_tagger::workload::{Workload, WorkloadConfig};
 
@@ -18,6 +23,9 @@ use remote_tagger::workload::{Workload, WorkloadConfig};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ENTITIES: usize = 100_000;
+/// Events per response in a sync of this workload (100k entities arrive in
+/// 28 responses of up to 2 MiB).
+const RESPONSE_EVENTS: usize = 3_600;
 /// The block size a server encodes snapshots into.
 const SNAPSHOT_BLOCK: usize = 64 * 1024;
 
@@ -68,6 +76,33 @@ fn wire(c: &mut Criterion) {
             for event in &encoded {
                 black_box(StreamTagsEvent::decode(event.as_ref()).expect("a valid event"));
             }
+        })
+    });
+    // The client's share of a sync, without TLS and HTTP/2: per response,
+    // decode its events and stage them; commit at the end.
+    let responses: Vec<&[Bytes]> = encoded.chunks(RESPONSE_EVENTS).collect();
+    group.bench_function("client_decode_and_stage", |b| {
+        b.iter(|| {
+            let mut mirror = MirrorWriter::new();
+            for response in &responses {
+                let events = response
+                    .iter()
+                    .map(|event| decode_event(event).expect("a valid event"));
+                mirror.stage(events.collect::<Vec<_>>());
+            }
+            mirror.commit_staged().len()
+        })
+    });
+    let mut store = Store::new(Epoch::from_seed(1), 0);
+    store.apply(events);
+    group.bench_function("server_snapshot_chunks", |b| {
+        b.iter(|| {
+            let chunks = store.snapshot_chunks(
+                Cardinality::High,
+                &PrefixFilter::all(),
+                DEFAULT_MAX_MESSAGE_SIZE / 2,
+            );
+            chunks.map(|chunk| chunk.events.len()).sum::<usize>()
         })
     });
     group.finish();
