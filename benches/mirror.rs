@@ -9,10 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use remote_tagger::domain::Cardinality;
 use remote_tagger::mirror::{MirrorReader, MirrorWriter};
 use remote_tagger::rng::SplitMix64;
+use remote_tagger::wire::{EventEncoder, decode_event};
 use remote_tagger::workload::{Workload, WorkloadConfig};
 
 /// The allocator the `remote-tagger` binary ships with: with glibc's malloc,
@@ -201,6 +203,55 @@ fn writes(c: &mut Criterion) {
     group.finish();
 }
 
+/// Mirrors in the fan-out bench: 16 of about 25 MB, far more than the
+/// caches hold, like the end-to-end fan-out's clients in one process.
+const FANOUT_MIRRORS: usize = 16;
+/// Events per batch there: what the end-to-end fan-out sends per response
+/// (2,000 events/s in 10 ms ticks).
+const FANOUT_BATCH: usize = 20;
+
+/// A client's side of fan-out without the network: the same small churn
+/// batches, received encoded, decoded and applied by every one of many
+/// full mirrors, so each apply starts from memory another mirror evicted.
+fn fanout_apply(c: &mut Criterion) {
+    let mut workload = workload();
+    let snapshot = workload.snapshot();
+    let mut mirrors: Vec<MirrorWriter> = (0..FANOUT_MIRRORS)
+        .map(|_| {
+            let mut mirror = MirrorWriter::new();
+            mirror.replace_all(snapshot.clone());
+            mirror
+        })
+        .collect();
+    drop(snapshot);
+    let mut group = c.benchmark_group("fanout_apply");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements((FANOUT_BATCH * FANOUT_MIRRORS) as u64));
+    group.bench_function("churn_20_into_16_mirrors", |b| {
+        b.iter_custom(|batches| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..batches {
+                let mut encoder = EventEncoder::default();
+                let encoded: Vec<Bytes> = workload
+                    .next_events(FANOUT_BATCH)
+                    .iter()
+                    .map(|event| encoder.event(event, Cardinality::High))
+                    .collect();
+                let start = Instant::now();
+                for mirror in &mut mirrors {
+                    let events = encoded
+                        .iter()
+                        .map(|event| decode_event(event).expect("a valid event"));
+                    black_box(mirror.apply(events));
+                }
+                timed += start.elapsed();
+            }
+            timed
+        })
+    });
+    group.finish();
+}
+
 /// The machine's floor for a random lookup: one dependent load from a
 /// random place in 64 MiB (a cyclic pointer chase, one cache line per hop),
 /// about the size of a 100k-entity mirror's records plus the ids a caller
@@ -229,5 +280,5 @@ fn memory_latency(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookups, writes, memory_latency);
+criterion_group!(benches, lookups, writes, fanout_apply, memory_latency);
 criterion_main!(benches);

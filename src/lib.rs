@@ -44,6 +44,7 @@ pub mod fuzzing;
 pub mod harness;
 pub mod metrics;
 pub mod mirror;
+mod prefetch;
 pub mod rng;
 pub mod server;
 pub mod wire;

@@ -42,7 +42,7 @@ pub use counters::{QueryCounts, QueryStatus};
 pub use record::{Tags, TagsIter};
 
 use counters::{QueryCounter, QueryCounterRegistry};
-use record::{Interner, Record};
+use record::{Interner, ListHashes, Record};
 use store::{IdKey, Op, Store};
 
 /// How an entity changed.
@@ -140,6 +140,57 @@ fn sort_by_id(changes: &mut Vec<EntityChange>) {
     changes.extend(keyed.into_iter().map(|(_, change)| change));
 }
 
+/// One event of a batch with the hashes applying it needs, computed before
+/// the batch is applied so that the writer can prefetch ahead of it.
+struct Prepared<'e, S> {
+    id: &'e EntityId,
+    /// Of the id's [`IdKey`].
+    hash: u64,
+    /// The entity an upsert stores, with its lists' hashes; `None` for a
+    /// delete.
+    upsert: Option<(EntityRef<'e, S>, ListHashes)>,
+}
+
+fn prepare<E: MirrorEvent>(events: &[E]) -> Vec<Prepared<'_, E::Tag>> {
+    events
+        .iter()
+        .map(|event| Prepared {
+            id: event.id(),
+            hash: IdKey::of(event.id()).hash(),
+            upsert: event.upserted().map(|entity| {
+                let lists = ListHashes::of(&entity);
+                (entity, lists)
+            }),
+        })
+        .collect()
+}
+
+/// How many events ahead of the one being applied the writer starts
+/// loading what the next ones read: the published record of their id and
+/// their interned lists, then (once those lists are in cache) the lists'
+/// strings. An event touches entries scattered over the mirror, one cache
+/// miss after another when taken one event at a time; prefetched, the
+/// misses of several events overlap.
+const PREFETCH_RECORDS_AND_LISTS: usize = 8;
+const PREFETCH_STRINGS: usize = 4;
+
+/// Prefetches for the events after `ahead[0]`, the one being applied.
+fn prefetch_ahead<S>(published: &Store, interner: &Interner, ahead: &[Prepared<'_, S>]) {
+    if let Some(next) = ahead.get(PREFETCH_RECORDS_AND_LISTS) {
+        published.prefetch(next.hash);
+        if let Some((_, lists)) = &next.upsert {
+            interner.prefetch_lists(lists);
+        }
+    }
+    if let Some(Prepared {
+        upsert: Some((_, lists)),
+        ..
+    }) = ahead.get(PREFETCH_STRINGS)
+    {
+        interner.prefetch_strings(lists);
+    }
+}
+
 /// The only handle that changes the mirror, owned by the client core. It
 /// spawns no thread and reads no clock: everything it does happens inside
 /// its methods ([`apply`](Self::apply), [`stage`](Self::stage) and
@@ -210,21 +261,24 @@ impl MirrorWriter {
         let published = published
             .enter()
             .expect("the writer keeps the mirror alive");
-        let events = events.into_iter();
-        let mut changes = Vec::with_capacity(events.size_hint().0);
-        for event in events {
-            let id = event.id();
-            let entity = event.upserted();
-            let key = IdKey::of(id);
-            let hash = key.hash();
+        let events: Vec<E> = events.into_iter().collect();
+        let prepared = prepare(&events);
+        let mut changes = Vec::with_capacity(events.len());
+        for (at, event) in prepared.iter().enumerate() {
+            prefetch_ahead(&published, interner, &prepared[at..]);
+            let &Prepared {
+                id,
+                hash,
+                ref upsert,
+            } = event;
             let is_id = |(touched, _): &(EntityId, Option<Record>)| touched == id;
             let before = match batch.find(hash, is_id) {
                 Some((_, record)) => record.clone(),
-                None => published.get_hashed(hash, key).cloned(),
+                None => published.get_hashed(hash, IdKey::of(id)).cloned(),
             };
-            let after = match &entity {
-                Some(entity) if before.as_ref().is_some_and(|r| r.holds(entity)) => continue,
-                Some(entity) => Some(interner.record(entity, before.as_ref())),
+            let after = match upsert {
+                Some((entity, _)) if before.as_ref().is_some_and(|r| r.holds(entity)) => continue,
+                Some((entity, lists)) => Some(interner.record(entity, lists, before.as_ref())),
                 None => None,
             };
             let Some(kind) = change(before.as_ref(), after.as_ref()) else {
@@ -294,7 +348,9 @@ impl MirrorWriter {
             let previous = published.get_hashed(hash, key);
             let record = match previous {
                 Some(previous) if previous.holds(&entity) => previous.clone(),
-                _ => self.interner.record(&entity, previous),
+                _ => self
+                    .interner
+                    .record(&entity, &ListHashes::of(&entity), previous),
             };
             match self.staged.entry(hash, |s| s.id == *id, rehash) {
                 Entry::Occupied(mut slot) => slot.get_mut().record = record,

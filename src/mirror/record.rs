@@ -15,6 +15,7 @@ use hashbrown::HashTable;
 use triomphe::ThinArc;
 
 use crate::domain::{Cardinality, Entity, EntityId, EntityRef};
+use crate::prefetch::prefetch;
 
 use super::store::{IdKey, fixed_hash, hash_texts};
 
@@ -152,6 +153,14 @@ impl Record {
         self.0.ptr() == other.0.ptr()
     }
 
+    /// Starts loading the record's first two cache lines: its header, and
+    /// its id, which a lookup compares.
+    pub(super) fn prefetch(&self) {
+        let start = self.0.ptr().cast::<u8>();
+        prefetch(start);
+        prefetch(start.wrapping_add(64));
+    }
+
     pub(super) fn tags_for(&self, cardinality: Cardinality) -> Tags {
         Tags::new(self, Selection::UpTo(cardinality))
     }
@@ -247,6 +256,23 @@ impl<'a> Iterator for HighTags<'a> {
 
 impl ExactSizeIterator for HighTags<'_> {}
 
+/// The content hashes of an entity's interned lists, in record order (see
+/// [`LOW`], [`ORCHESTRATOR`], [`STANDARD`]), computed once per event: the
+/// prefetches ahead of an event and its interning both need them.
+#[derive(Clone, Copy)]
+pub(super) struct ListHashes([u64; 3]);
+
+impl ListHashes {
+    pub(super) fn of<S: AsRef<str>>(entity: &EntityRef<'_, S>) -> Self {
+        Self(shared_lists(entity).map(|texts| hash_texts(texts.iter().map(AsRef::as_ref))))
+    }
+}
+
+/// The lists of `entity` that records intern, in record order.
+fn shared_lists<'e, S>(entity: &EntityRef<'e, S>) -> [&'e [S]; 3] {
+    [entity.low, entity.orchestrator, entity.standard]
+}
+
 /// Tables below this size are never swept: sweeping a small table often
 /// would cost more than the memory it frees.
 const MIN_SWEEP_LEN: usize = 1024;
@@ -289,17 +315,22 @@ impl Interner {
             .clone()
     }
 
-    /// The interned list of `texts`, reusing `previous` (the same list of the
-    /// record being replaced) without hashing when it is unchanged: an update
+    /// The interned list of `texts` (whose content hash is `hash`), reusing
+    /// `previous` (the same list of the record being replaced) when it is
+    /// unchanged: an update
     /// usually changes one list and keeps the others. Lists repeat far more
     /// than they change (every container of an app has the same low list),
     /// so a known list is found from the texts alone; only a new list
     /// interns its strings.
-    fn intern_list<S: AsRef<str>>(&mut self, texts: &[S], previous: Option<&TagList>) -> TagList {
+    fn intern_list<S: AsRef<str>>(
+        &mut self,
+        texts: &[S],
+        hash: u64,
+        previous: Option<&TagList>,
+    ) -> TagList {
         if let Some(previous) = previous.filter(|list| list.holds(texts)) {
             return previous.clone();
         }
-        let hash = hash_texts(texts.iter().map(AsRef::as_ref));
         if let Some(list) = self.lists.find(hash, |list| list.holds(texts)) {
             return list.clone();
         }
@@ -313,17 +344,24 @@ impl Interner {
         list
     }
 
-    /// Builds the record of `entity`, reusing the lists of `previous` (the
-    /// record it replaces) where they are unchanged.
+    /// Builds the record of `entity` (whose lists hash to `hashes`), reusing
+    /// the lists of `previous` (the record it replaces) where they are
+    /// unchanged.
     pub(super) fn record<S: AsRef<str>>(
         &mut self,
         entity: &EntityRef<'_, S>,
+        hashes: &ListHashes,
         previous: Option<&Record>,
     ) -> Record {
         let previous = previous.map(|record| &record.header().shared);
-        let lists = [entity.low, entity.orchestrator, entity.standard];
-        let shared = [LOW, ORCHESTRATOR, STANDARD]
-            .map(|part| self.intern_list(lists[part], previous.map(|lists| &lists[part])));
+        let lists = shared_lists(entity);
+        let shared = [LOW, ORCHESTRATOR, STANDARD].map(|part| {
+            self.intern_list(
+                lists[part],
+                hashes.0[part],
+                previous.map(|lists| &lists[part]),
+            )
+        });
         let uid = entity.id.uid();
         let id_len = 1 + uid.len();
         let bytes = &mut self.scratch_bytes;
@@ -344,6 +382,30 @@ impl Interner {
             high_count: offset(entity.high.len()),
         };
         Record(ThinArc::from_header_and_slice(header, bytes))
+    }
+
+    /// Starts loading the interned lists with these hashes, for an entity
+    /// interned soon (see [`crate::prefetch`]).
+    pub(super) fn prefetch_lists(&self, hashes: &ListHashes) {
+        for hash in hashes.0 {
+            for list in self.lists.iter_hash(hash) {
+                prefetch(list.0.ptr());
+            }
+        }
+    }
+
+    /// Starts loading the strings of the interned lists with these hashes,
+    /// which interning compares. It reads the lists: call it once they are
+    /// in cache ([`prefetch_lists`](Self::prefetch_lists) a few events
+    /// earlier).
+    pub(super) fn prefetch_strings(&self, hashes: &ListHashes) {
+        for hash in hashes.0 {
+            for list in self.lists.iter_hash(hash) {
+                for tag in list.tags() {
+                    prefetch(tag.0.ptr());
+                }
+            }
+        }
     }
 
     /// Drops every list and string no record references any more.
@@ -536,6 +598,11 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
+    fn build(interner: &mut Interner, entity: &Entity) -> Record {
+        let entity = entity.as_ref();
+        interner.record(&entity, &ListHashes::of(&entity), None)
+    }
+
     fn entity(id: &str, low: &[&str], high: &[&str]) -> Entity {
         let mut entity = Entity::new(EntityId::parse(id).unwrap());
         entity.low = texts(low);
@@ -550,7 +617,7 @@ mod tests {
         let mut full = entity("process://ü-1", &odd, &odd);
         full.orchestrator = texts(&odd[1..]);
         full.standard = texts(&odd[..2]);
-        let record = interner.record(&full.as_ref(), None);
+        let record = build(&mut interner, &full);
         assert_eq!(record.entity_id(), full.id);
         assert_eq!(record.to_entity(), full);
         let high = record.tags_for(Cardinality::High);
@@ -565,15 +632,15 @@ mod tests {
     #[test]
     fn equal_lists_and_strings_share_one_allocation() {
         let mut interner = Interner::default();
-        let a = interner.record(
-            &entity("process://1", &["env:prod", "app:x"], &["pid:1"]).as_ref(),
-            None,
+        let a = build(
+            &mut interner,
+            &entity("process://1", &["env:prod", "app:x"], &["pid:1"]),
         );
-        let b = interner.record(
-            &entity("process://2", &["env:prod", "app:x"], &["pid:2"]).as_ref(),
-            None,
+        let b = build(
+            &mut interner,
+            &entity("process://2", &["env:prod", "app:x"], &["pid:2"]),
         );
-        let c = interner.record(&entity("process://3", &["app:x"], &[]).as_ref(), None);
+        let c = build(&mut interner, &entity("process://3", &["app:x"], &[]));
         let low = |record: &Record| record.header().shared[LOW].clone();
         assert!(low(&a).is_same(&low(&b)));
         assert!(!low(&a).is_same(&low(&c)));
@@ -581,9 +648,9 @@ mod tests {
         // High tags are stored inline, never interned.
         assert_eq!(interner.strings(), 2);
         assert!(!a.same_tags_as(&b));
-        let a_again = interner.record(
-            &entity("process://1", &["env:prod", "app:x"], &["pid:1"]).as_ref(),
-            None,
+        let a_again = build(
+            &mut interner,
+            &entity("process://1", &["env:prod", "app:x"], &["pid:1"]),
         );
         assert!(a.same_tags_as(&a_again));
     }
@@ -591,7 +658,7 @@ mod tests {
     #[test]
     fn empty_selections_hold_no_record() {
         let mut interner = Interner::default();
-        let record = interner.record(&entity("process://1", &[], &["pid:1"]).as_ref(), None);
+        let record = build(&mut interner, &entity("process://1", &[], &["pid:1"]));
         assert!(record.tags_for(Cardinality::Orchestrator).is_empty());
         assert!(record.standard().record.is_none());
         assert_eq!(record.tags_for(Cardinality::High), ["pid:1"]);

@@ -148,6 +148,14 @@ impl Store {
         self.records.find(hash, |record| record.key() == key)
     }
 
+    /// Starts loading the record of the id with this hash, which a lookup
+    /// will compare soon (see [`crate::prefetch`]).
+    pub(super) fn prefetch(&self, hash: u64) {
+        for record in self.records.iter_hash(hash) {
+            record.prefetch();
+        }
+    }
+
     pub(super) fn records(&self) -> impl Iterator<Item = &Record> {
         self.records.iter()
     }
