@@ -317,11 +317,10 @@ impl Interner {
 
     /// The interned list of `texts` (whose content hash is `hash`), reusing
     /// `previous` (the same list of the record being replaced) when it is
-    /// unchanged: an update
-    /// usually changes one list and keeps the others. Lists repeat far more
-    /// than they change (every container of an app has the same low list),
-    /// so a known list is found from the texts alone; only a new list
-    /// interns its strings.
+    /// unchanged: an update usually changes one list and keeps the others.
+    /// Lists repeat far more than they change (every container of an app
+    /// has the same low list), so a known list is found from the texts
+    /// alone; only a new list interns its strings.
     fn intern_list<S: AsRef<str>>(
         &mut self,
         texts: &[S],
@@ -384,13 +383,20 @@ impl Interner {
         Record(ThinArc::from_header_and_slice(header, bytes))
     }
 
+    /// The interned lists that interning an entity with these hashes will
+    /// compare with it.
+    fn candidates<'i>(&'i self, hashes: &ListHashes) -> impl Iterator<Item = &'i TagList> {
+        let hashes = hashes.0;
+        hashes
+            .into_iter()
+            .flat_map(|hash| self.lists.iter_hash(hash))
+    }
+
     /// Starts loading the interned lists with these hashes, for an entity
     /// interned soon (see [`crate::prefetch`]).
     pub(super) fn prefetch_lists(&self, hashes: &ListHashes) {
-        for hash in hashes.0 {
-            for list in self.lists.iter_hash(hash) {
-                prefetch(list.0.ptr());
-            }
+        for list in self.candidates(hashes) {
+            prefetch(list.0.ptr());
         }
     }
 
@@ -399,12 +405,8 @@ impl Interner {
     /// in cache ([`prefetch_lists`](Self::prefetch_lists) a few events
     /// earlier).
     pub(super) fn prefetch_strings(&self, hashes: &ListHashes) {
-        for hash in hashes.0 {
-            for list in self.lists.iter_hash(hash) {
-                for tag in list.tags() {
-                    prefetch(tag.0.ptr());
-                }
-            }
+        for tag in self.candidates(hashes).flat_map(TagList::tags) {
+            prefetch(tag.0.ptr());
         }
     }
 
