@@ -11,6 +11,7 @@
 //!
 //!     cargo bench --bench end_to_end                # every scenario
 //!     cargo bench --bench end_to_end -- fanout      # those whose name contains "fanout"
+//!     cargo bench --bench end_to_end -- "fanout 100"  # only the 100-client fan-out
 //!
 //! Scenarios: `sync`, `resume`, `fanout`, `stalled`. Correctness is checked
 //! (entity counts, mirror contents, delivered events) and reported; timings
@@ -102,8 +103,8 @@ fn main() {
         if selected("resume") {
             rows.extend(resume_versus_resync().await);
         }
-        if selected("fanout") {
-            for (clients, rounds) in FANOUT_RUNS {
+        for (clients, rounds) in FANOUT_RUNS {
+            if selected(&format!("fanout {clients} clients")) {
                 rows.extend(fan_out(clients, rounds).await);
             }
         }
