@@ -27,6 +27,7 @@
 mod counters;
 mod record;
 mod store;
+mod table;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -18,6 +18,7 @@ use crate::domain::{Cardinality, Entity, EntityId, EntityRef};
 use crate::prefetch::prefetch;
 
 use super::store::{IdKey, fixed_hash, hash_texts};
+use super::table::{TableEntry, make_room, rebuild};
 
 /// One interned tag string: a thin (8-byte) pointer to a refcounted
 /// `[count | len | bytes]` allocation. While a record references it, it is the
@@ -435,74 +436,40 @@ impl Interner {
     }
 }
 
-/// A value the interner's tables hold: a pointer to an allocation that
-/// holds what the value is hashed by.
-trait Interned {
-    /// The hash the value is stored under.
-    fn table_hash(&self) -> u64;
-
-    /// The allocation `table_hash` reads.
-    fn allocation(&self) -> *const u8;
-}
-
-impl Interned for Tag {
+impl TableEntry for Tag {
     fn table_hash(&self) -> u64 {
         fixed_hash(self.as_str())
     }
 
-    fn allocation(&self) -> *const u8 {
-        self.0.ptr().cast()
+    fn prefetch_key(&self) {
+        prefetch(self.0.ptr());
     }
 }
 
-impl Interned for TagList {
+impl TableEntry for TagList {
     fn table_hash(&self) -> u64 {
         self.content_hash()
     }
 
-    fn allocation(&self) -> *const u8 {
-        self.0.ptr().cast()
+    fn prefetch_key(&self) {
+        prefetch(self.0.ptr());
+    }
+}
+
+impl TableEntry for Record {
+    fn table_hash(&self) -> u64 {
+        self.key().hash()
+    }
+
+    fn prefetch_key(&self) {
+        self.prefetch();
     }
 }
 
 /// Gives memory back after a sweep emptied most of a table.
-fn shrink_if_sparse<T: Interned>(table: &mut HashTable<T>) {
+fn shrink_if_sparse<T: TableEntry>(table: &mut HashTable<T>) {
     if table.capacity() > 4 * table.len().max(MIN_SWEEP_LEN) {
         rebuild(table, table.len());
-    }
-}
-
-/// Makes sure the next insert into `table` does not make hashbrown grow
-/// (or rehash in place) the table itself, which hashes one value after
-/// another: every hash a cache miss on an allocation the table only points
-/// to. In the 100-client fan-out that cost 4-10 ms per mirror, one event
-/// batch held up for all of it.
-fn make_room<T: Interned>(table: &mut HashTable<T>) {
-    if table.len() == table.capacity() {
-        rebuild(table, 2 * table.len());
-    }
-}
-
-/// How many values ahead of the one it hashes [`rebuild`] starts loading.
-const PREFETCH_REBUILD: usize = 16;
-
-/// Moves every value of `table` into a new table with room for `capacity`
-/// values, hashing them with their allocations prefetched ahead, so the
-/// cache misses overlap (see [`crate::prefetch`]).
-fn rebuild<T: Interned>(table: &mut HashTable<T>, capacity: usize) {
-    let values: Vec<T> = std::mem::take(table).into_iter().collect();
-    let hashes: Vec<u64> = (0..values.len())
-        .map(|at| {
-            if let Some(ahead) = values.get(at + PREFETCH_REBUILD) {
-                prefetch(ahead.allocation());
-            }
-            values[at].table_hash()
-        })
-        .collect();
-    *table = HashTable::with_capacity(capacity.max(values.len()));
-    for (hash, value) in hashes.into_iter().zip(values) {
-        // With the capacity reserved, hashbrown never calls the hasher.
-        table.insert_unique(hash, value, T::table_hash);
     }
 }
 

@@ -9,6 +9,7 @@ use hashbrown::HashTable;
 use crate::domain::{EntityId, KNOWN_PREFIXES};
 
 use super::record::Record;
+use super::table::{TableEntry, make_room};
 
 /// Every table in the mirror hashes with this fixed seed: both left-right
 /// copies and the interner must agree, and nothing may depend on a
@@ -112,10 +113,6 @@ pub(super) fn hash_texts<'a>(texts: impl ExactSizeIterator<Item = &'a str>) -> u
     hasher.finish()
 }
 
-fn record_hash(record: &Record) -> u64 {
-    record.key().hash()
-}
-
 /// The records, keyed by id, plus the per-prefix entity counts telemetry
 /// wants, kept up to date so reading them never scans the table.
 #[derive(Clone, Default)]
@@ -173,7 +170,7 @@ impl Store {
     /// reading the record, likely a cache miss, for its prefix).
     pub(super) fn insert_unique(&mut self, hash: u64, id: &EntityId, record: Record) {
         count_entity(&mut self.by_prefix, id.prefix_index(), 1);
-        self.records.insert_unique(hash, record, record_hash);
+        self.records.insert_unique(hash, record, Record::table_hash);
     }
 
     /// Replaces `old` (found by identity, no string comparison) with `new`.
@@ -187,7 +184,8 @@ impl Store {
             }
             (None, Some(new)) => {
                 count_entity(&mut self.by_prefix, new.key().prefix, 1);
-                self.records.insert_unique(hash, new, record_hash);
+                make_room(&mut self.records);
+                self.records.insert_unique(hash, new, Record::table_hash);
             }
             (None, None) => {}
         }
