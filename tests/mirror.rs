@@ -109,6 +109,13 @@ fn assert_matches(reader: &MirrorReader, reference: &Reference, ids: &[EntityId]
 enum Step {
     Apply(Vec<EntityEvent>),
     ReplaceAll(Vec<Entity>),
+    /// A snapshot staged in chunks, then committed. Deletes drop an entity
+    /// staged before; `sorted` stages the events in id order (how servers
+    /// send snapshots), which the commit relies on to skip sorting its diff.
+    Staged {
+        chunks: Vec<Vec<EntityEvent>>,
+        sorted: bool,
+    },
 }
 
 /// A few ids over several prefixes, so batches repeat ids and deletes hit
@@ -159,6 +166,11 @@ fn step_strategy() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => prop::collection::vec(event_strategy(), 0..12).prop_map(Step::Apply),
         1 => prop::collection::vec(entity_strategy(), 0..10).prop_map(Step::ReplaceAll),
+        1 => (
+            prop::collection::vec(prop::collection::vec(event_strategy(), 0..6), 0..4),
+            any::<bool>(),
+        )
+            .prop_map(|(chunks, sorted)| Step::Staged { chunks, sorted }),
     ]
 }
 
@@ -179,6 +191,23 @@ proptest! {
                     writer.replace_all(entities.clone()),
                     reference_replace_all(&mut reference, entities),
                 ),
+                Step::Staged { mut chunks, sorted } => {
+                    if sorted {
+                        let mut events = chunks.concat();
+                        events.sort_by(|a, b| a.id().cmp(b.id()));
+                        events.dedup_by(|a, b| a.id() == b.id());
+                        chunks = events.chunks(3).map(<[EntityEvent]>::to_vec).collect();
+                    }
+                    let mut snapshot = Reference::new();
+                    reference_apply(&mut snapshot, chunks.concat());
+                    for chunk in chunks {
+                        writer.stage(chunk);
+                    }
+                    (
+                        writer.commit_staged(),
+                        reference_replace_all(&mut reference, snapshot.into_values().collect()),
+                    )
+                }
             };
             prop_assert_eq!(got, want);
             prop_assert_eq!(writer.len(), reference.len());

@@ -468,7 +468,7 @@ impl<'a> Run<'a> {
     /// Adds the store's current state to every client's history.
     fn remember(&mut self, store: &StoreHandle) {
         let snapshot = store.snapshot(&PrefixFilter::all());
-        let entities: Vec<_> = snapshot.entities.iter().map(|e| &**e).collect();
+        let entities: Vec<_> = snapshot.entities.iter().map(|e| e.entity()).collect();
         for (view, history) in self.views.iter().zip(&mut self.histories) {
             history.record(view.hash(entities.iter().copied()));
         }
@@ -534,7 +534,7 @@ impl<'a> Run<'a> {
             return false;
         };
         let snapshot = store.snapshot(&PrefixFilter::all());
-        let entities: Vec<_> = snapshot.entities.iter().map(|e| &**e).collect();
+        let entities: Vec<_> = snapshot.entities.iter().map(|e| e.entity()).collect();
         self.shared
             .probes
             .iter()

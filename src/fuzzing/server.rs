@@ -610,7 +610,7 @@ pub fn entities_file(data: &[u8]) {
     assert_eq!(store.len(), entities.len(), "every entity is stored");
     for entity in &entities {
         assert_eq!(
-            store.get(&entity.id).map(|e| &**e),
+            store.get(&entity.id).map(|e| e.entity()),
             Some(entity),
             "stored {}",
             entity.id

@@ -223,15 +223,84 @@ pub struct MirrorWriter {
     batch: HashTable<(EntityId, Option<Record>)>,
     /// The snapshot being received (see [`stage`](Self::stage)): records
     /// built as its chunks arrive, invisible until committed.
-    staged: HashTable<Staged>,
+    staged: StagedSnapshot,
     counters: QueryCounterRegistry,
 }
 
-/// One entity of a staged snapshot, with the hash of its id.
+/// One entity of a staged snapshot, with the hash of its id; no record once
+/// a later event deleted it.
 struct Staged {
     hash: u64,
     id: EntityId,
-    record: Record,
+    record: Option<Record>,
+}
+
+/// The snapshot being received, in arrival order, with an index by id.
+/// Servers send snapshots sorted by id, and then the diff the commit returns
+/// comes out sorted too: a first sync skips sorting 100k changes.
+struct StagedSnapshot {
+    entities: Vec<Staged>,
+    /// Positions in `entities` of the ids staged and not deleted.
+    index: HashTable<usize>,
+    /// Every id in `entities` is greater than the one before it.
+    sorted: bool,
+}
+
+impl Default for StagedSnapshot {
+    fn default() -> Self {
+        Self {
+            entities: Vec::new(),
+            index: HashTable::new(),
+            sorted: true,
+        }
+    }
+}
+
+impl StagedSnapshot {
+    fn reserve(&mut self, additional: usize) {
+        self.entities.reserve(additional);
+        self.index.reserve(additional, |&at| self.entities[at].hash);
+    }
+
+    /// Replaces the staged record of `id`, or stages it after the others.
+    fn upsert(&mut self, hash: u64, id: &EntityId, record: Record) {
+        let entities = &mut self.entities;
+        match self
+            .index
+            .entry(hash, |&at| entities[at].id == *id, |&at| entities[at].hash)
+        {
+            Entry::Occupied(slot) => entities[*slot.get()].record = Some(record),
+            Entry::Vacant(slot) => {
+                self.sorted &= entities.last().is_none_or(|last| last.id < *id);
+                slot.insert(entities.len());
+                entities.push(Staged {
+                    hash,
+                    id: id.clone(),
+                    record: Some(record),
+                });
+            }
+        }
+    }
+
+    fn remove(&mut self, hash: u64, id: &EntityId) {
+        let entities = &mut self.entities;
+        if let Ok(slot) = self.index.find_entry(hash, |&at| entities[at].id == *id) {
+            entities[*slot.get()].record = None;
+            slot.remove();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// The staged entities in arrival order, and whether that is id order;
+    /// nothing is staged afterwards.
+    fn take(&mut self) -> (Vec<Staged>, bool) {
+        self.index.clear();
+        let sorted = std::mem::replace(&mut self.sorted, true);
+        (std::mem::take(&mut self.entities), sorted)
+    }
 }
 
 impl MirrorWriter {
@@ -242,7 +311,7 @@ impl MirrorWriter {
             published,
             interner: Interner::default(),
             batch: HashTable::new(),
-            staged: HashTable::new(),
+            staged: StagedSnapshot::default(),
             counters: QueryCounterRegistry::default(),
         }
     }
@@ -347,17 +416,14 @@ impl MirrorWriter {
             .published
             .enter()
             .expect("the writer keeps the mirror alive");
-        let rehash = |staged: &Staged| staged.hash;
         let events = events.into_iter();
-        self.staged.reserve(events.size_hint().0, rehash);
+        self.staged.reserve(events.size_hint().0);
         for event in events {
             let id = event.id();
             let key = IdKey::of(id);
             let hash = key.hash();
             let Some(entity) = event.upserted() else {
-                if let Ok(staged) = self.staged.find_entry(hash, |s| s.id == *id) {
-                    staged.remove();
-                }
+                self.staged.remove(hash, id);
                 continue;
             };
             // The published record is reused when unchanged, and its lists
@@ -369,16 +435,7 @@ impl MirrorWriter {
                     .interner
                     .record(&entity, &ListHashes::of(&entity), previous),
             };
-            match self.staged.entry(hash, |s| s.id == *id, rehash) {
-                Entry::Occupied(mut slot) => slot.get_mut().record = record,
-                Entry::Vacant(slot) => {
-                    slot.insert(Staged {
-                        hash,
-                        id: id.clone(),
-                        record,
-                    });
-                }
-            }
+            self.staged.upsert(hash, id, record);
         }
     }
 
@@ -389,7 +446,7 @@ impl MirrorWriter {
 
     /// Drops the staged snapshot (its stream broke before it completed).
     pub fn discard_staged(&mut self) {
-        self.staged.clear();
+        self.staged.take();
         self.interner.sweep_if_grown();
     }
 
@@ -398,7 +455,7 @@ impl MirrorWriter {
     /// by id: `Added` for new ids, `Modified` for ids whose tags differ,
     /// `Deleted` for ids gone.
     pub fn commit_staged(&mut self) -> Vec<EntityChange> {
-        let staged = std::mem::take(&mut self.staged);
+        let (staged, staged_sorted) = self.staged.take();
         let published = self
             .published
             .enter()
@@ -407,7 +464,10 @@ impl MirrorWriter {
         let mut changes = Vec::with_capacity(staged.len());
         // A first sync has nothing to compare with: skip the lookups.
         let first_sync = published.len() == 0;
-        for Staged { hash, id, record } in staged {
+        let staged = staged
+            .into_iter()
+            .filter_map(|Staged { hash, id, record }| Some((hash, id, record?)));
+        for (hash, id, record) in staged {
             let previous = if first_sync {
                 None
             } else {
@@ -419,6 +479,7 @@ impl MirrorWriter {
                 changes.push(EntityChange { kind, id });
             }
         }
+        let staged_changes = changes.len();
         changes.extend(
             published
                 .records()
@@ -429,7 +490,9 @@ impl MirrorWriter {
                 }),
         );
         drop(published);
-        sort_by_id(&mut changes);
+        if !staged_sorted || changes.len() > staged_changes {
+            sort_by_id(&mut changes);
+        }
         self.handle.append(Op::ReplaceAll(next));
         // The first publish shows the snapshot; the second waits for queries
         // still in the old copy (microseconds) and replays the snapshot into

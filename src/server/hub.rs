@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::stats::{ServerStats, Telemetry, increment};
-use super::store::{Change, PrefixFilter, Snapshot, Store};
+use super::store::{Change, PrefixFilter, Snapshot, Store, StoredEntity};
 use crate::domain::{Cardinality, Entity, EntityEvent, EntityId};
 use crate::wire::EventEncoder;
 
@@ -178,7 +178,7 @@ impl StoreHandle {
     }
 
     /// The entity as the store holds it now (full cardinality).
-    pub fn entity(&self, id: &EntityId) -> Option<Arc<Entity>> {
+    pub fn entity(&self, id: &EntityId) -> Option<Arc<StoredEntity>> {
         self.state().store.get(id).cloned()
     }
 
@@ -189,7 +189,7 @@ impl StoreHandle {
         snapshot
             .entities
             .iter()
-            .map(|entity| Entity::clone(entity))
+            .map(|stored| stored.entity().clone())
             .collect()
     }
 

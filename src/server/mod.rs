@@ -56,6 +56,7 @@ pub use service::{
 pub use stats::{EventsByCardinality, ServerStats};
 pub use store::{
     Change, Chunker, Epoch, PrefixFilter, Snapshot, SnapshotChunk, SnapshotChunks, Store,
+    StoredEntity,
 };
 pub use tls::{CertFileError, GENERATED_CERT_NAMES, PemProblem, TlsIdentity};
 
