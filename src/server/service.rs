@@ -84,9 +84,9 @@ impl ServiceConfig {
 /// Responses are cut at this many bytes of events, well within the spec's
 /// bound of half the max message size. A 64 KiB response stays in a core's
 /// cache from decryption to decoding, on both sides, where a 2 MiB one is
-/// evicted between those passes over it: a 100k-entity sync took 150-160 ms
-/// with 64 KiB responses against 185-205 ms with 2 MiB ones, and 180-185 ms
-/// with 16 or 32 KiB (BENCHMARKS.md, session 5).
+/// evicted between those passes over it. Medians of a 100k-entity sync in
+/// one comparison: 152-160 ms with 64 or 128 KiB responses, 190-203 ms with
+/// 2 MiB, 182-186 ms with 16, 32 or 256 KiB (BENCHMARKS.md, session 5).
 const CHUNK_TARGET: usize = 64 * 1024;
 
 /// Live change batches drained into one round of responses at most: enough
