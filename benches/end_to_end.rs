@@ -34,8 +34,8 @@ use remote_tagger::proto::api::agent_secure_client::AgentSecureClient;
 use remote_tagger::proto::encoded::EncodedStreamTagsResponse;
 use remote_tagger::proto::model::{StreamTagsRequest, StreamTagsResponse};
 use remote_tagger::server::{
-    DEFAULT_CHANGE_LOG_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, Epoch, PrefixFilter, RunningServer,
-    ServeConfig, Server, ServerStats, Source, Store, StoreHandle,
+    DEFAULT_CHANGE_LOG_CAPACITY, Epoch, PrefixFilter, RunningServer, ServeConfig, Server,
+    ServerStats, ServiceConfig, Source, Store, StoreHandle,
 };
 use remote_tagger::workload::{Workload, WorkloadConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -217,8 +217,7 @@ async fn initial_sync() -> Vec<Row> {
 }
 
 /// The snapshot a HIGH client gets, encoded as the server sends it: every
-/// entity as an ADDED event, in chunks of the server's budget (half the
-/// default max message size).
+/// entity as an ADDED event, in responses of the server's default budget.
 fn snapshot_responses() -> Vec<Vec<u8>> {
     let workload = bench_workload();
     let mut store = Store::new(Epoch::from_seed(SEED), 0);
@@ -229,7 +228,7 @@ fn snapshot_responses() -> Vec<Vec<u8>> {
         .snapshot_chunks(
             Cardinality::High,
             &PrefixFilter::all(),
-            DEFAULT_MAX_MESSAGE_SIZE / 2,
+            ServiceConfig::default().chunk_budget(),
         )
         .map(|chunk| {
             EncodedStreamTagsResponse {

@@ -14,7 +14,7 @@ use prost::Message as _;
 use remote_tagger::domain::{Cardinality, EntityEvent};
 use remote_tagger::mirror::MirrorWriter;
 use remote_tagger::proto::model::StreamTagsEvent;
-use remote_tagger::server::{DEFAULT_MAX_MESSAGE_SIZE, Epoch, PrefixFilter, Store};
+use remote_tagger::server::{Chunker, Epoch, PrefixFilter, ServiceConfig, Store};
 use remote_tagger::wire::{EventEncoder, decode_event};
 use remote_tagger::workload::{Workload, WorkloadConfig};
 
@@ -23,9 +23,6 @@ use remote_tagger::workload::{Workload, WorkloadConfig};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ENTITIES: usize = 100_000;
-/// Events per response in a sync of this workload (100k entities arrive in
-/// 28 responses of up to 2 MiB).
-const RESPONSE_EVENTS: usize = 3_600;
 /// The block size a server encodes snapshots into.
 const SNAPSHOT_BLOCK: usize = 64 * 1024;
 
@@ -78,9 +75,16 @@ fn wire(c: &mut Criterion) {
             }
         })
     });
-    // The client's share of a sync, without TLS and HTTP/2: per response,
-    // decode its events and stage them; commit at the end.
-    let responses: Vec<&[Bytes]> = encoded.chunks(RESPONSE_EVENTS).collect();
+    // The client's share of a sync, without TLS and HTTP/2: per response
+    // (as the server cuts them), decode its events and stage them; commit at
+    // the end.
+    let budget = ServiceConfig::default().chunk_budget();
+    let mut chunker = Chunker::new(budget);
+    let mut responses: Vec<Vec<Bytes>> = encoded
+        .iter()
+        .filter_map(|event| chunker.push(event.clone()))
+        .collect();
+    responses.push(chunker.take());
     group.bench_function("client_decode_and_stage", |b| {
         b.iter(|| {
             let mut mirror = MirrorWriter::new();
@@ -97,11 +101,7 @@ fn wire(c: &mut Criterion) {
     store.apply(events);
     group.bench_function("server_snapshot_chunks", |b| {
         b.iter(|| {
-            let chunks = store.snapshot_chunks(
-                Cardinality::High,
-                &PrefixFilter::all(),
-                DEFAULT_MAX_MESSAGE_SIZE / 2,
-            );
+            let chunks = store.snapshot_chunks(Cardinality::High, &PrefixFilter::all(), budget);
             chunks.map(|chunk| chunk.events.len()).sum::<usize>()
         })
     });

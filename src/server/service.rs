@@ -36,8 +36,8 @@ use crate::proto::model as pb;
 /// Tunables of the streaming service; `Default` is the Datadog Agent's values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
-    /// Largest gRPC message a client accepts; responses are chunked to half
-    /// of it (summed encoded event sizes).
+    /// Largest gRPC message a client accepts; responses hold at most half of
+    /// it in encoded events, and at most 64 KiB (see [`Self::chunk_budget`]).
     pub max_message_size: usize,
     /// An empty response is sent after this long without a send, so clients
     /// (whose receive watchdog is 10 min) know the stream is alive.
@@ -76,7 +76,9 @@ impl Default for ServiceConfig {
 }
 
 impl ServiceConfig {
-    fn chunk_budget(&self) -> usize {
+    /// The summed size of encoded events at which a response is cut (the
+    /// first event of a response always goes, however large).
+    pub fn chunk_budget(&self) -> usize {
         (self.max_message_size / 2).min(CHUNK_TARGET)
     }
 }
