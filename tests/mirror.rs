@@ -203,6 +203,7 @@ proptest! {
                     for chunk in chunks {
                         writer.stage(chunk);
                     }
+                    prop_assert_eq!(writer.staged_len(), snapshot.len());
                     (
                         writer.commit_staged(),
                         reference_replace_all(&mut reference, snapshot.into_values().collect()),

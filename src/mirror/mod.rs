@@ -235,72 +235,91 @@ struct Staged {
     record: Option<Record>,
 }
 
-/// The snapshot being received, in arrival order, with an index by id.
-/// Servers send snapshots sorted by id, and then the diff the commit returns
-/// comes out sorted too: a first sync skips sorting 100k changes.
+/// The snapshot being received, in arrival order. Servers send snapshots
+/// sorted by id. While the ids keep increasing, none can repeat: an upsert
+/// is a push, a delete a binary search, and the diff the commit returns
+/// comes out sorted, so a first sync neither indexes nor sorts its 100k ids.
+/// The first id out of order builds an index by id.
+#[derive(Default)]
 struct StagedSnapshot {
     entities: Vec<Staged>,
-    /// Positions in `entities` of the ids staged and not deleted.
-    index: HashTable<usize>,
-    /// Every id in `entities` is greater than the one before it.
-    sorted: bool,
-}
-
-impl Default for StagedSnapshot {
-    fn default() -> Self {
-        Self {
-            entities: Vec::new(),
-            index: HashTable::new(),
-            sorted: true,
-        }
-    }
+    /// Positions in `entities` of the ids staged and not deleted, by hash;
+    /// `None` while every id is greater than the one before it.
+    index: Option<HashTable<usize>>,
+    /// Entities staged and not deleted.
+    live: usize,
 }
 
 impl StagedSnapshot {
     fn reserve(&mut self, additional: usize) {
         self.entities.reserve(additional);
-        self.index.reserve(additional, |&at| self.entities[at].hash);
+        if let Some(index) = &mut self.index {
+            index.reserve(additional, |&at| self.entities[at].hash);
+        }
     }
 
     /// Replaces the staged record of `id`, or stages it after the others.
     fn upsert(&mut self, hash: u64, id: &EntityId, record: Record) {
         let entities = &mut self.entities;
-        match self
-            .index
-            .entry(hash, |&at| entities[at].id == *id, |&at| entities[at].hash)
-        {
+        let staged = |record| Staged {
+            hash,
+            id: id.clone(),
+            record: Some(record),
+        };
+        if self.index.is_none() && entities.last().is_none_or(|last| last.id < *id) {
+            self.live += 1;
+            entities.push(staged(record));
+            return;
+        }
+        let index = self.index.get_or_insert_with(|| index_of(entities));
+        match index.entry(hash, |&at| entities[at].id == *id, |&at| entities[at].hash) {
             Entry::Occupied(slot) => entities[*slot.get()].record = Some(record),
             Entry::Vacant(slot) => {
-                self.sorted &= entities.last().is_none_or(|last| last.id < *id);
+                self.live += 1;
                 slot.insert(entities.len());
-                entities.push(Staged {
-                    hash,
-                    id: id.clone(),
-                    record: Some(record),
-                });
+                entities.push(staged(record));
             }
         }
     }
 
     fn remove(&mut self, hash: u64, id: &EntityId) {
         let entities = &mut self.entities;
-        if let Ok(slot) = self.index.find_entry(hash, |&at| entities[at].id == *id) {
-            entities[*slot.get()].record = None;
-            slot.remove();
+        let at = match &mut self.index {
+            None => entities.binary_search_by(|staged| staged.id.cmp(id)).ok(),
+            Some(index) => index
+                .find_entry(hash, |&at| entities[at].id == *id)
+                .ok()
+                .map(|slot| slot.remove().0),
+        };
+        if let Some(at) = at
+            && entities[at].record.take().is_some()
+        {
+            self.live -= 1;
         }
     }
 
     fn len(&self) -> usize {
-        self.index.len()
+        self.live
     }
 
     /// The staged entities in arrival order, and whether that is id order;
     /// nothing is staged afterwards.
     fn take(&mut self) -> (Vec<Staged>, bool) {
-        self.index.clear();
-        let sorted = std::mem::replace(&mut self.sorted, true);
+        let sorted = self.index.take().is_none();
+        self.live = 0;
         (std::mem::take(&mut self.entities), sorted)
     }
+}
+
+/// The index of a [`StagedSnapshot`]'s entities that are not deleted.
+fn index_of(entities: &[Staged]) -> HashTable<usize> {
+    let mut index = HashTable::with_capacity(entities.len());
+    for (at, staged) in entities.iter().enumerate() {
+        if staged.record.is_some() {
+            index.insert_unique(staged.hash, at, |&at| entities[at].hash);
+        }
+    }
+    index
 }
 
 impl MirrorWriter {
