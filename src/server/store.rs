@@ -188,8 +188,9 @@ impl Deref for StoredEntity {
 }
 
 /// The matching entities of the store at one revision. Taking it is cheap
-/// (shared pointers); encoding happens chunk by chunk while it is sent, so a
-/// subscriber holds at most one encoded chunk at a time.
+/// (shared pointers); chunks are made (events encoded, or at High the stored
+/// events shared) one at a time while it is sent, so a subscriber holds at
+/// most one chunk at a time.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub revision: u64,
