@@ -185,11 +185,30 @@ impl Driver {
         }
         let status = status_of(&self.core, &self.mirror, &self.observed);
         self.status.send_if_modified(|current| {
-            let changed = *current != status;
+            let notify = worth_waking_for(current, &status);
             *current = status;
-            changed
+            notify
         });
     }
+}
+
+/// Whether `new` is a change receivers of the status should wake for: any
+/// change but the progress of a snapshot being received, whose counters
+/// move with every response. Waking every waiter for each of the 874
+/// responses of a 100k sync cost about 25 ms of CPU in a 190 ms sync
+/// (`end_to_end` bench); the counters are still updated for whoever reads.
+fn worth_waking_for(old: &ClientStatus, new: &ClientStatus) -> bool {
+    let staging = old.state == ConnectionState::Syncing && new.state == ConnectionState::Syncing;
+    if !staging {
+        return old != new;
+    }
+    let without_progress = ClientStatus {
+        staged_entities: old.staged_entities,
+        telemetry: old.telemetry.clone(),
+        last_message_at: old.last_message_at,
+        ..new.clone()
+    };
+    without_progress != *old
 }
 
 fn status_of(core: &ClientCore, mirror: &MirrorReader, observed: &Observed) -> ClientStatus {
@@ -234,5 +253,53 @@ async fn open_outcome(
     match pending {
         Some((id, open)) => (*id, open.await),
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn status(state: ConnectionState) -> ClientStatus {
+        ClientStatus {
+            state,
+            telemetry: Default::default(),
+            staged_entities: 0,
+            mirrored_entities: 0,
+            extension_aware: true,
+            backoff_interval: Duration::from_millis(500),
+            retry_delay: None,
+            last_message_at: None,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn a_snapshots_progress_wakes_no_one_but_every_other_change_does() {
+        let before = status(ConnectionState::Syncing);
+        let mut progress = before.clone();
+        progress.staged_entities = 115;
+        progress.telemetry.receives = 1;
+        progress.last_message_at = Some(Instant::now());
+        assert!(!worth_waking_for(&before, &progress));
+        assert!(!worth_waking_for(&before, &before.clone()));
+
+        let mut synced = progress.clone();
+        synced.state = ConnectionState::Synced;
+        assert!(worth_waking_for(&progress, &synced));
+        let mut failed = progress.clone();
+        failed.last_error = Some("broken".into());
+        assert!(worth_waking_for(&progress, &failed));
+        let mut merged = progress.clone();
+        merged.mirrored_entities = 1;
+        assert!(worth_waking_for(&progress, &merged));
+
+        // Once synced, counters wake receivers again (tests and tools wait
+        // on them).
+        let mut live = synced.clone();
+        live.telemetry.receives += 1;
+        assert!(worth_waking_for(&synced, &live));
     }
 }

@@ -101,7 +101,8 @@ pub enum ClientError {
 pub struct ClientStatus {
     pub state: ConnectionState,
     pub telemetry: ClientTelemetry,
-    /// Entities received for a snapshot not yet complete (progress).
+    /// Entities received for a snapshot not yet complete (progress; updated
+    /// without waking status receivers, see [`RemoteTagger::status`]).
     pub staged_entities: usize,
     /// Entities in the mirror.
     pub mirrored_entities: usize,
@@ -191,7 +192,10 @@ impl RemoteTagger {
         self.events.subscribe()
     }
 
-    /// The latest status, and a receiver that sees every update.
+    /// The latest status, and a receiver woken by every change except the
+    /// progress of a snapshot being received: while the state stays
+    /// `Syncing`, `staged_entities`, `telemetry` and `last_message_at` are
+    /// updated without waking anyone (read them when you want them).
     pub fn status(&self) -> watch::Receiver<ClientStatus> {
         self.status.clone()
     }
