@@ -36,6 +36,11 @@ pub trait Dialer: Send + Sync + 'static {
     fn dial(&self, target: &str) -> BoxFuture<io::Result<Box<dyn Io>>>;
 }
 
+/// The largest HTTP/2 frame the client accepts. At the default 16 KiB a
+/// server sends each TLS record in its own frame and write; allowing whole
+/// 64 KiB gRPC messages per frame lets it write several records at once.
+const MAX_FRAME_SIZE: u32 = 256 * 1024;
+
 /// Dials real TCP with `TCP_NODELAY` (small gRPC frames must not wait).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TcpDialer;
@@ -189,7 +194,8 @@ pub(crate) async fn connect(
         .connect_timeout(config.connect_timeout)
         .http2_keep_alive_interval(config.http2_keepalive_interval)
         .keep_alive_timeout(config.http2_keepalive_timeout)
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(true)
+        .max_frame_size(MAX_FRAME_SIZE);
     let channel = endpoint
         .connect_with_connector(connector)
         .await
