@@ -431,30 +431,38 @@ impl MirrorWriter {
     /// of a snapshot is spread over its chunks as they arrive rather than
     /// done at once when it completes.
     pub fn stage<E: MirrorEvent>(&mut self, events: impl IntoIterator<Item = E>) {
-        let published = self
-            .published
+        let Self {
+            published,
+            interner,
+            staged,
+            ..
+        } = self;
+        let published = published
             .enter()
             .expect("the writer keeps the mirror alive");
-        let events = events.into_iter();
-        self.staged.reserve(events.size_hint().0);
-        for event in events {
-            let id = event.id();
-            let key = IdKey::of(id);
-            let hash = key.hash();
-            let Some(entity) = event.upserted() else {
-                self.staged.remove(hash, id);
+        let events: Vec<E> = events.into_iter().collect();
+        let prepared = prepare(&events);
+        staged.reserve(prepared.len());
+        prefetch_first(&published, interner, &prepared);
+        for (at, event) in prepared.iter().enumerate() {
+            prefetch_ahead(&published, interner, &prepared[at..]);
+            let &Prepared {
+                id,
+                hash,
+                ref upsert,
+            } = event;
+            let Some((entity, lists)) = upsert else {
+                staged.remove(hash, id);
                 continue;
             };
             // The published record is reused when unchanged, and its lists
             // otherwise: a resync mostly re-sends what the mirror holds.
-            let previous = published.get_hashed(hash, key);
+            let previous = published.get_hashed(hash, IdKey::of(id));
             let record = match previous {
-                Some(previous) if previous.holds(&entity) => previous.clone(),
-                _ => self
-                    .interner
-                    .record(&entity, &ListHashes::of(&entity), previous),
+                Some(previous) if previous.holds(entity) => previous.clone(),
+                _ => interner.record(entity, lists, previous),
             };
-            self.staged.upsert(hash, id, record);
+            staged.upsert(hash, id, record);
         }
     }
 
