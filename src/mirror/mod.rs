@@ -207,6 +207,22 @@ fn prefetch_ahead<S>(published: &Store, interner: &Interner, ahead: &[Prepared<'
     }
 }
 
+/// Hands each event of a prepared batch to `each` (its id, the id's hash
+/// and what an upsert stores), in order, prefetching ahead of it for the
+/// events that follow.
+fn walk_prefetched<'e, S>(
+    published: &Store,
+    interner: &mut Interner,
+    prepared: &[Prepared<'e, S>],
+    mut each: impl FnMut(&mut Interner, &'e EntityId, u64, Option<&(EntityRef<'e, S>, ListHashes)>),
+) {
+    prefetch_first(published, interner, prepared);
+    for (at, event) in prepared.iter().enumerate() {
+        prefetch_ahead(published, interner, &prepared[at..]);
+        each(interner, event.id, event.hash, event.upsert.as_ref());
+    }
+}
+
 /// The only handle that changes the mirror, owned by the client core. It
 /// spawns no thread and reads no clock: everything it does happens inside
 /// its methods ([`apply`](Self::apply), [`stage`](Self::stage) and
@@ -368,44 +384,42 @@ impl MirrorWriter {
         let events: Vec<E> = events.into_iter().collect();
         let prepared = prepare(&events);
         let mut changes = Vec::with_capacity(events.len());
-        prefetch_first(&published, interner, &prepared);
-        for (at, event) in prepared.iter().enumerate() {
-            prefetch_ahead(&published, interner, &prepared[at..]);
-            let &Prepared {
-                id,
-                hash,
-                ref upsert,
-            } = event;
-            let is_id = |(touched, _): &(EntityId, Option<Record>)| touched == id;
-            let before = match batch.find(hash, is_id) {
-                Some((_, record)) => record.clone(),
-                None => published.get_hashed(hash, IdKey::of(id)).cloned(),
-            };
-            let after = match upsert {
-                Some((entity, _)) if before.as_ref().is_some_and(|r| r.holds(entity)) => continue,
-                Some((entity, lists)) => Some(interner.record(entity, lists, before.as_ref())),
-                None => None,
-            };
-            let Some(kind) = change(before.as_ref(), after.as_ref()) else {
-                continue;
-            };
-            changes.push(EntityChange {
-                kind,
-                id: id.clone(),
-            });
-            let rehash = |(touched, _): &(EntityId, Option<Record>)| IdKey::of(touched).hash();
-            match batch.entry(hash, is_id, rehash) {
-                Entry::Occupied(mut touched) => touched.get_mut().1 = after.clone(),
-                Entry::Vacant(untouched) => {
-                    untouched.insert((id.clone(), after.clone()));
+        walk_prefetched(
+            &published,
+            interner,
+            &prepared,
+            |interner, id, hash, upsert| {
+                let is_id = |(touched, _): &(EntityId, Option<Record>)| touched == id;
+                let before = match batch.find(hash, is_id) {
+                    Some((_, record)) => record.clone(),
+                    None => published.get_hashed(hash, IdKey::of(id)).cloned(),
+                };
+                let after = match upsert {
+                    Some((entity, _)) if before.as_ref().is_some_and(|r| r.holds(entity)) => return,
+                    Some((entity, lists)) => Some(interner.record(entity, lists, before.as_ref())),
+                    None => None,
+                };
+                let Some(kind) = change(before.as_ref(), after.as_ref()) else {
+                    return;
+                };
+                changes.push(EntityChange {
+                    kind,
+                    id: id.clone(),
+                });
+                let rehash = |(touched, _): &(EntityId, Option<Record>)| IdKey::of(touched).hash();
+                match batch.entry(hash, is_id, rehash) {
+                    Entry::Occupied(mut touched) => touched.get_mut().1 = after.clone(),
+                    Entry::Vacant(untouched) => {
+                        untouched.insert((id.clone(), after.clone()));
+                    }
                 }
-            }
-            handle.append(Op::Swap {
-                hash,
-                old: before,
-                new: after,
-            });
-        }
+                handle.append(Op::Swap {
+                    hash,
+                    old: before,
+                    new: after,
+                });
+            },
+        );
         drop(published);
         batch.clear();
         if !changes.is_empty() {
@@ -443,27 +457,25 @@ impl MirrorWriter {
         let events: Vec<E> = events.into_iter().collect();
         let prepared = prepare(&events);
         staged.reserve(prepared.len());
-        prefetch_first(&published, interner, &prepared);
-        for (at, event) in prepared.iter().enumerate() {
-            prefetch_ahead(&published, interner, &prepared[at..]);
-            let &Prepared {
-                id,
-                hash,
-                ref upsert,
-            } = event;
-            let Some((entity, lists)) = upsert else {
-                staged.remove(hash, id);
-                continue;
-            };
-            // The published record is reused when unchanged, and its lists
-            // otherwise: a resync mostly re-sends what the mirror holds.
-            let previous = published.get_hashed(hash, IdKey::of(id));
-            let record = match previous {
-                Some(previous) if previous.holds(entity) => previous.clone(),
-                _ => interner.record(entity, lists, previous),
-            };
-            staged.upsert(hash, id, record);
-        }
+        walk_prefetched(
+            &published,
+            interner,
+            &prepared,
+            |interner, id, hash, upsert| {
+                let Some((entity, lists)) = upsert else {
+                    staged.remove(hash, id);
+                    return;
+                };
+                // The published record is reused when unchanged, and its lists
+                // otherwise: a resync mostly re-sends what the mirror holds.
+                let previous = published.get_hashed(hash, IdKey::of(id));
+                let record = match previous {
+                    Some(previous) if previous.holds(entity) => previous.clone(),
+                    _ => interner.record(entity, lists, previous),
+                };
+                staged.upsert(hash, id, record);
+            },
+        );
     }
 
     /// Entities staged so far.
