@@ -1,6 +1,6 @@
 //! `list`, `watch` and `get`: the commands that talk to a tagger server.
 
-use std::io::{IsTerminal, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::time::Duration;
 
 use remote_tagger::client::{self, ClientStatus, RemoteTagger};
@@ -24,7 +24,9 @@ pub async fn list(args: ListArgs) -> CliResult {
     wait_whole_store(&tagger, &target, &args.sync).await?;
     let entities = tagger.mirror().list();
     tagger.stop().await;
-    let mut out = std::io::stdout().lock();
+    // Buffered: stdout alone flushes at every newline, and the pretty JSON
+    // of 100k entities is 2 million lines (a write syscall each, 3.7 s).
+    let mut out = BufWriter::new(std::io::stdout().lock());
     let written = if args.json {
         serde_json::to_writer_pretty(&mut out, &tagger_list_json(&entities))
             .map_err(std::io::Error::from)
@@ -32,7 +34,8 @@ pub async fn list(args: ListArgs) -> CliResult {
     } else {
         write_table(&mut out, &entities)
     };
-    quiet_on_broken_pipe(written).map_err(|e| format!("cannot write the list: {e}"))
+    quiet_on_broken_pipe(written.and_then(|()| out.flush()))
+        .map_err(|e| format!("cannot write the list: {e}"))
 }
 
 /// Waits until the mirror holds the whole store: synced, and against a
