@@ -207,19 +207,27 @@ fn prefetch_ahead<S>(published: &Store, interner: &Interner, ahead: &[Prepared<'
     }
 }
 
-/// Hands each event of a prepared batch to `each` (its id, the id's hash
-/// and what an upsert stores), in order, prefetching ahead of it for the
-/// events that follow.
-fn walk_prefetched<'e, S>(
+/// How many events [`walk_prefetched`] prepares at a time. Preparing a
+/// whole 100k-entity snapshot first read every string to hash it, then
+/// again once the cache had evicted it, to intern it: `replace_all` took
+/// 100 ms instead of 76 (mirror bench).
+const PREPARE_BLOCK: usize = 256;
+
+/// Hands each event to `each` (its id, the id's hash and what an upsert
+/// stores), in order, prefetching ahead of it for the events that follow.
+fn walk_prefetched<'e, E: MirrorEvent>(
     published: &Store,
     interner: &mut Interner,
-    prepared: &[Prepared<'e, S>],
-    mut each: impl FnMut(&mut Interner, &'e EntityId, u64, Option<&(EntityRef<'e, S>, ListHashes)>),
+    events: &'e [E],
+    mut each: impl FnMut(&mut Interner, &'e EntityId, u64, Option<&(EntityRef<'e, E::Tag>, ListHashes)>),
 ) {
-    prefetch_first(published, interner, prepared);
-    for (at, event) in prepared.iter().enumerate() {
-        prefetch_ahead(published, interner, &prepared[at..]);
-        each(interner, event.id, event.hash, event.upsert.as_ref());
+    for block in events.chunks(PREPARE_BLOCK) {
+        let prepared = prepare(block);
+        prefetch_first(published, interner, &prepared);
+        for (at, event) in prepared.iter().enumerate() {
+            prefetch_ahead(published, interner, &prepared[at..]);
+            each(interner, event.id, event.hash, event.upsert.as_ref());
+        }
     }
 }
 
@@ -382,12 +390,11 @@ impl MirrorWriter {
             .enter()
             .expect("the writer keeps the mirror alive");
         let events: Vec<E> = events.into_iter().collect();
-        let prepared = prepare(&events);
         let mut changes = Vec::with_capacity(events.len());
         walk_prefetched(
             &published,
             interner,
-            &prepared,
+            &events,
             |interner, id, hash, upsert| {
                 let is_id = |(touched, _): &(EntityId, Option<Record>)| touched == id;
                 let before = match batch.find(hash, is_id) {
@@ -455,12 +462,11 @@ impl MirrorWriter {
             .enter()
             .expect("the writer keeps the mirror alive");
         let events: Vec<E> = events.into_iter().collect();
-        let prepared = prepare(&events);
-        staged.reserve(prepared.len());
+        staged.reserve(events.len());
         walk_prefetched(
             &published,
             interner,
-            &prepared,
+            &events,
             |interner, id, hash, upsert| {
                 let Some((entity, lists)) = upsert else {
                     staged.remove(hash, id);
