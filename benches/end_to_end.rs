@@ -823,15 +823,15 @@ fn churn_rate() -> f64 {
     CHURN_BATCH as f64 / CHURN_PERIOD.as_secs_f64()
 }
 
-/// Applies `CHURN_BATCH` events every `CHURN_PERIOD` for `duration` on an
-/// absolute schedule (a late tick catches up, so the rate holds under load),
-/// and returns each event's id with the instant just before its batch was
-/// applied (fan-out happens inside `apply`).
 /// The events [`churn`] applies over `duration`.
 fn churn_events(duration: Duration) -> usize {
     (duration.as_nanos() / CHURN_PERIOD.as_nanos()) as usize * CHURN_BATCH
 }
 
+/// Applies `CHURN_BATCH` events every `CHURN_PERIOD` for `duration` on an
+/// absolute schedule (a late tick catches up, so the rate holds under load),
+/// and returns each event's id with the instant just before its batch was
+/// applied (fan-out happens inside `apply`).
 async fn churn(
     store: &StoreHandle,
     workload: &mut Workload,
