@@ -361,7 +361,12 @@ impl Caller<'_> {
         // An id the store cannot hold is just an unknown entity: empty tags.
         let tags = EntityId::from_proto(&wire_id)
             .ok()
-            .and_then(|id| reference.store.get(&id).map(|e| e.tags(cardinality)))
+            .and_then(|id| {
+                reference
+                    .store
+                    .get(&id)
+                    .map(|e| e.entity().tags(cardinality))
+            })
             .unwrap_or_default();
         assert_eq!(
             response,

@@ -82,7 +82,7 @@ fn copy_changes(mirror: &MirrorReader, store: &StoreHandle, changes: &[EntityCha
     let ids = changes.iter().map(|change| &change.id);
     let in_store = ids
         .clone()
-        .filter_map(|id| Some((id.clone(), Entity::clone(&*store.entity(id)?))))
+        .filter_map(|id| Some((id.clone(), store.entity(id)?.entity().clone())))
         .collect();
     let in_mirror = ids
         .filter_map(|id| Some((id.clone(), mirror.entity(id.as_str())?)))

@@ -215,7 +215,7 @@ impl AgentSecure for TaggerService {
         let tags = EntityId::from_proto(&wire_id)
             .ok()
             .and_then(|id| self.inner.store.entity(&id))
-            .map(|entity| entity.tags(cardinality))
+            .map(|stored| stored.entity().tags(cardinality))
             .unwrap_or_default();
         Ok(Response::new(pb::FetchEntityResponse {
             id: Some(wire_id),

@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
-use std::ops::Deref;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -176,14 +175,6 @@ impl StoredEntity {
         } else {
             encoder.added(&self.entity, cardinality)
         }
-    }
-}
-
-impl Deref for StoredEntity {
-    type Target = Entity;
-
-    fn deref(&self) -> &Entity {
-        &self.entity
     }
 }
 
@@ -373,7 +364,7 @@ impl Store {
             entities: self
                 .entities
                 .values()
-                .filter(|entity| filter.matches(&entity.id))
+                .filter(|stored| filter.matches(&stored.entity().id))
                 .cloned()
                 .collect(),
         }
