@@ -209,8 +209,8 @@ fn prefetch_ahead<S>(published: &Store, interner: &Interner, ahead: &[Prepared<'
 
 /// How many events [`walk_prefetched`] prepares at a time. Preparing a
 /// whole 100k-entity snapshot first read every string to hash it, then
-/// again once the cache had evicted it, to intern it: `replace_all` took
-/// 100 ms instead of 76 (mirror bench).
+/// again once the cache had evicted it, to intern it: `replace_all` of 100k
+/// took 101-110 ms instead of 87-89 (mirror bench).
 const PREPARE_BLOCK: usize = 256;
 
 /// Hands each event to `each` (its id, the id's hash and what an upsert
