@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use remote_tagger::domain::Cardinality;
-use remote_tagger::mirror::{MirrorReader, MirrorWriter};
+use remote_tagger::mirror::{MirrorReader, MirrorView, MirrorWriter};
 use remote_tagger::rng::SplitMix64;
 use remote_tagger::wire::{EventEncoder, decode_event};
 use remote_tagger::workload::{Workload, WorkloadConfig};
@@ -80,9 +80,31 @@ impl PackedIds {
     }
 }
 
+/// Lookups per [`MirrorReader::view`] in the view benches: a batch of work,
+/// like the metrics of a few received packets.
+const LOOKUPS_PER_VIEW: u64 = 1000;
+
+/// Times `lookups` lookups made by `look_up(view, count)`, in views of
+/// [`LOOKUPS_PER_VIEW`] lookups (entering and leaving each is timed too).
+fn in_views(
+    reader: &MirrorReader,
+    lookups: u64,
+    mut look_up: impl FnMut(&MirrorView<'_>, usize),
+) -> Duration {
+    let start = Instant::now();
+    let mut left = lookups;
+    while left > 0 {
+        let count = left.min(LOOKUPS_PER_VIEW);
+        look_up(&reader.view(), count as usize);
+        left -= count;
+    }
+    start.elapsed()
+}
+
 /// Lookups per id order: the bare lookup, the same with the caller's ids in
-/// cache, and the lookup plus reading every tag's bytes (what a caller does
-/// next, and where unique strings miss the cache).
+/// cache, lookups in a view (borrowed results, one by one and pipelined by
+/// `tags_of`), and the lookup plus reading every tag's bytes (what a caller
+/// does next, and where unique strings miss the cache).
 fn bench_lookups(
     group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
     reader: &MirrorReader,
@@ -96,6 +118,35 @@ fn bench_lookups(
     let mut next_packed = packed.cycle();
     group.bench_function("tags_high_packed_ids", |b| {
         b.iter(|| reader.tags(next_packed.next().unwrap(), Cardinality::High))
+    });
+    group.bench_function("view_tags_high", |b| {
+        b.iter_custom(|lookups| {
+            in_views(reader, lookups, |view, count| {
+                for id in next.by_ref().take(count) {
+                    black_box(view.tags(id, Cardinality::High));
+                }
+            })
+        })
+    });
+    group.bench_function("view_tags_of_high", |b| {
+        b.iter_custom(|lookups| {
+            in_views(reader, lookups, |view, count| {
+                let ids = next.by_ref().take(count).map(String::as_str);
+                for found in view.tags_of(ids, Cardinality::High) {
+                    black_box(found);
+                }
+            })
+        })
+    });
+    group.bench_function("view_tags_of_high_packed_ids", |b| {
+        b.iter_custom(|lookups| {
+            in_views(reader, lookups, |view, count| {
+                let ids = next_packed.by_ref().take(count);
+                for found in view.tags_of(ids, Cardinality::High) {
+                    black_box(found);
+                }
+            })
+        })
     });
     group.bench_function("tags_high_sum_lengths", |b| {
         b.iter(|| {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use proptest::prelude::*;
 use remote_tagger::domain::{Cardinality, Entity, EntityEvent, EntityId, entity_hash};
 use remote_tagger::mirror::{
-    ChangeKind, EntityChange, MirrorReader, MirrorWriter, QueryStatus, Tags,
+    ChangeKind, EntityChange, MirrorReader, MirrorWriter, QueryCounts, QueryStatus, Tags,
 };
 
 type Reference = BTreeMap<EntityId, Entity>;
@@ -92,6 +92,18 @@ fn assert_matches(reader: &MirrorReader, reference: &Reference, ids: &[EntityId]
         assert_eq!(reader.standard(id.as_str()), standard, "{id} standard");
         assert_eq!(reader.entity(id.as_str()).as_ref(), expected);
     }
+    let view = reader.view();
+    for cardinality in Cardinality::ALL {
+        let texts = ids.iter().map(EntityId::as_str);
+        for (id, tags) in view.tags_of(texts, cardinality) {
+            assert_eq!(tags, reader.tags(id, cardinality), "tags_of {id}");
+            assert_eq!(view.tags(id, cardinality), tags, "view {id}");
+        }
+    }
+    for id in ids {
+        assert_eq!(view.standard(id.as_str()), reader.standard(id.as_str()));
+    }
+    drop(view);
     assert_eq!(
         reader.list(),
         reference.values().cloned().collect::<Vec<_>>()
@@ -246,6 +258,75 @@ fn tags_follow_cardinality_order_without_dedupe() {
             .is_empty()
     );
     assert!(reader.tags("not an id", Cardinality::High).is_empty());
+}
+
+/// `tags_of` looks ids up ahead of the caller: whatever the number of ids
+/// (fewer than its lookahead, or many more), it yields each once, in order,
+/// with what separate lookups return, and counts each as one query.
+#[test]
+fn tags_of_yields_every_id_in_order_with_its_tags() {
+    let mut writer = MirrorWriter::new();
+    let reader = writer.reader();
+    let entities =
+        (0..30).map(|i| entity(&format!("process://{i}"), &["l"], &[&format!("pid:{i}")]));
+    writer.apply(entities.map(EntityEvent::Added).collect::<Vec<_>>());
+    // Known, unknown and malformed ids, some repeated.
+    let pool: Vec<String> = (0..40)
+        .map(|i| match i % 10 {
+            7 => "not an id".to_owned(),
+            9 => format!("container_id://{i}"),
+            _ => format!("process://{}", i % 33),
+        })
+        .collect();
+    for len in [0, 1, 8, 9, 10, 16, 17, 40] {
+        let ids = &pool[..len];
+        let before = reader.query_counts();
+        let view = reader.view();
+        let got: Vec<(&str, Vec<String>)> = view
+            .tags_of(ids.iter().map(String::as_str), Cardinality::High)
+            .map(|(id, tags)| (id, tags.to_vec()))
+            .collect();
+        drop(view);
+        let want: Vec<(&str, Vec<String>)> = ids
+            .iter()
+            .map(|id| (id.as_str(), reader.tags(id, Cardinality::High).to_vec()))
+            .collect();
+        assert_eq!(got, want, "{len} ids");
+        let counted = |counts: &QueryCounts| {
+            QueryStatus::ALL.map(|status| counts.get(Cardinality::High, status))
+        };
+        let [success, empty] = counted(&reader.query_counts());
+        let [success_before, empty_before] = counted(&before);
+        let found = want.iter().filter(|(_, tags)| !tags.is_empty()).count() as u64;
+        assert_eq!(success - success_before, 2 * found, "{len} ids");
+        assert_eq!(empty - empty_before, 2 * (len as u64 - found), "{len} ids");
+    }
+}
+
+/// A view's results borrow the copy it entered: they stay what they were
+/// while the writer moves on (it publishes to the other copy), and an owned
+/// `Tags` made from one outlives the view.
+#[test]
+fn a_view_reads_one_copy_until_dropped() {
+    let mut writer = MirrorWriter::new();
+    let reader = writer.reader();
+    writer.apply(vec![EntityEvent::Added(entity("host://h", &["old"], &[]))]);
+    let (kept, applied) = std::thread::scope(|scope| {
+        let view = reader.view();
+        let before = view.tags("host://h", Cardinality::Low);
+        let writing = scope
+            .spawn(|| writer.apply(vec![EntityEvent::Added(entity("host://h", &["new"], &[]))]));
+        // The writer has published the batch or waits for this view: either
+        // way the view still shows the copy it entered.
+        assert_eq!(view.tags("host://h", Cardinality::Low), ["old"]);
+        assert_eq!(before, ["old"]);
+        let kept = Tags::from(before);
+        drop(view);
+        (kept, writing.join().unwrap())
+    });
+    assert_eq!(applied.len(), 1);
+    assert_eq!(kept, ["old"]);
+    assert_eq!(reader.view().tags("host://h", Cardinality::Low), ["new"]);
 }
 
 #[test]

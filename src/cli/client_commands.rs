@@ -7,7 +7,7 @@ use remote_tagger::client::{self, ClientStatus, RemoteTagger};
 use remote_tagger::core::{ConnectionState, Event};
 use remote_tagger::domain::{Cardinality, Entity, EntityId};
 use remote_tagger::metrics;
-use remote_tagger::mirror::ChangeKind;
+use remote_tagger::mirror::{ChangeKind, EntityChange, MirrorReader};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -191,11 +191,8 @@ pub async fn watch(args: WatchArgs) -> CliResult {
                 eprintln!("connection lost: {reason}; retrying in {retry_in:.1?}");
             }
             Event::EntitiesChanged(changes) => {
-                for change in changes {
-                    let tags: Vec<String> = match change.kind {
-                        ChangeKind::Deleted => Vec::new(),
-                        _ => mirror.tags(change.id.as_str(), Cardinality::High).to_vec(),
-                    };
+                let tags_of_changes = high_tags_of(&mirror, &changes);
+                for (change, tags) in changes.iter().zip(tags_of_changes) {
                     let line = if args.json {
                         json!({ "kind": change_name(change.kind), "id": change.id.as_str(), "tags": tags })
                             .to_string()
@@ -218,6 +215,25 @@ pub async fn watch(args: WatchArgs) -> CliResult {
     }
     tagger.stop().await;
     Ok(())
+}
+
+/// The high tags of each changed entity (none for a deleted one), looked
+/// up in one view and copied out of it, so writing them out (which may
+/// block on a slow pipe) never holds the mirror's writer up.
+fn high_tags_of(mirror: &MirrorReader, changes: &[EntityChange]) -> Vec<Vec<String>> {
+    let is_deleted = |change: &EntityChange| change.kind == ChangeKind::Deleted;
+    let view = mirror.view();
+    let present = changes.iter().filter(|c| !is_deleted(c));
+    let mut found = view
+        .tags_of(present.map(|c| c.id.as_str()), Cardinality::High)
+        .map(|(_, tags)| tags.to_vec());
+    changes
+        .iter()
+        .map(|change| match is_deleted(change) {
+            true => Vec::new(),
+            false => found.next().unwrap_or_default(),
+        })
+        .collect()
 }
 
 fn change_name(kind: ChangeKind) -> &'static str {

@@ -316,4 +316,18 @@ fn check_mirror(mirror: &MirrorReader, config: &CoreConfig) {
             );
         }
     }
+    let view = mirror.view();
+    for cardinality in Cardinality::ALL {
+        let ids = entities.iter().map(|entity| entity.id.as_str());
+        let found: Vec<_> = view.tags_of(ids, cardinality).collect();
+        assert_eq!(found.len(), entities.len(), "tags_of yields one per id");
+        for (entity, (id, tags)) in entities.iter().zip(found) {
+            assert_eq!(id, entity.id.as_str(), "tags_of order");
+            assert_eq!(
+                tags,
+                entity.tags(cardinality),
+                "tags_of({id}, {cardinality})"
+            );
+        }
+    }
 }

@@ -16,7 +16,10 @@
 //! and thin pointers to its interned low, orchestrator and standard lists
 //! (shared by every container of an app or pod), whose strings are interned
 //! too. A query hands back a [`Tags`] view: the record plus which of its tags,
-//! no string copied. The interner belongs to the writer and is swept of
+//! no string copied. A [`MirrorView`] enters the published copy once for a
+//! series of queries, whose [`TagsRef`] results borrow it (no refcount at
+//! all), and [`MirrorView::tags_of`] overlaps the cache misses of
+//! successive lookups. The interner belongs to the writer and is swept of
 //! values nobody references, amortised over the values it interns.
 //!
 //! Records are built from borrowed strings ([`MirrorEvent`]), so events
@@ -29,18 +32,18 @@ mod record;
 mod store;
 mod table;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
-use left_right::{ReadHandle, WriteHandle};
+use left_right::{ReadGuard, ReadHandle, WriteHandle};
 
 use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, EntityRef, entity_hash};
 use crate::wire::DecodedEvent;
 
 pub use counters::{QueryCounts, QueryStatus};
-pub use record::{Tags, TagsIter};
+pub use record::{Tags, TagsIter, TagsRef};
 
 use counters::{QueryCounter, QueryCounterRegistry};
 use record::{Interner, ListHashes, Record};
@@ -599,35 +602,30 @@ impl MirrorReader {
         }
     }
 
-    /// `view` of the record of `id`, taken while the read guard holds the
-    /// record: one refcount increment, instead of cloning the record first
-    /// (each an atomic on the record's cache line).
-    fn view(&self, id: &str, view: impl FnOnce(&Record) -> Tags) -> Tags {
-        let Some(key) = IdKey::parse(id) else {
-            return Tags::default();
-        };
-        self.read(
-            |store| store.get(key).map_or_else(Tags::default, view),
-            Tags::default(),
-        )
-    }
-
-    fn tags_uncounted(&self, id: &str, cardinality: Cardinality) -> Tags {
-        self.view(id, |record| record.tags_for(cardinality))
+    /// Enters the published copy for a series of lookups whose results
+    /// borrow it: no refcount per lookup, and the copy is entered once
+    /// instead of once per lookup (each time a fence). For a batch of work,
+    /// like tagging the metrics of one received packet. While a view is
+    /// held, the writer can publish at most once more before it waits for
+    /// the view to be dropped (and the client stops receiving meanwhile),
+    /// so never hold one across a wait, and never on the writer's thread.
+    pub fn view(&self) -> MirrorView<'_> {
+        MirrorView {
+            store: self.handle.enter(),
+            counter: &self.counter,
+        }
     }
 
     /// Low, then orchestrator (if `cardinality` >= Orchestrator), then high
     /// (if High) tags of `id` (text form `prefix://uid`), neither deduplicated
     /// nor sorted; empty for an unknown id. Counts one query.
     pub fn tags(&self, id: &str, cardinality: Cardinality) -> Tags {
-        let tags = self.tags_uncounted(id, cardinality);
-        self.counter.count(cardinality, tags.is_empty());
-        tags
+        self.view().tags(id, cardinality).into()
     }
 
     /// The standard tags of `id`; empty for an unknown id.
     pub fn standard(&self, id: &str) -> Tags {
-        self.view(id, Record::standard)
+        self.view().standard(id).into()
     }
 
     pub fn entity(&self, id: &str) -> Option<Entity> {
@@ -646,8 +644,9 @@ impl MirrorReader {
     /// The Agent's entity hash of `tags(id, cardinality)`. Not counted as a
     /// query: it is a digest, not a lookup an application made.
     pub fn hash(&self, id: &str, cardinality: Cardinality) -> String {
-        let tags = self.tags_uncounted(id, cardinality);
-        entity_hash(&tags.iter().collect::<Vec<_>>())
+        let view = self.view();
+        let tags = view.record(id).map(|record| record.tags_for(cardinality));
+        entity_hash(&tags.unwrap_or_default().iter().collect::<Vec<_>>())
     }
 
     pub fn len(&self) -> usize {
@@ -673,6 +672,121 @@ impl MirrorReader {
     /// every reader of this mirror, dropped ones included.
     pub fn query_counts(&self) -> QueryCounts {
         self.counter.registry().totals()
+    }
+}
+
+/// The published copy of the mirror, entered for a series of lookups (see
+/// [`MirrorReader::view`]). Its results borrow it.
+pub struct MirrorView<'r> {
+    /// `None` once the writer is dropped: the mirror then reads as empty.
+    store: Option<ReadGuard<'r, Store>>,
+    counter: &'r QueryCounter,
+}
+
+impl MirrorView<'_> {
+    fn record(&self, id: &str) -> Option<&Record> {
+        self.store.as_ref()?.get(IdKey::parse(id)?)
+    }
+
+    /// What [`MirrorReader::tags`] returns, borrowed. Counts one query.
+    pub fn tags(&self, id: &str, cardinality: Cardinality) -> TagsRef<'_> {
+        let tags = self
+            .record(id)
+            .map(|record| record.tags_for(cardinality))
+            .unwrap_or_default();
+        self.counter.count(cardinality, tags.is_empty());
+        tags
+    }
+
+    /// The standard tags of `id`, borrowed; empty for an unknown id.
+    pub fn standard(&self, id: &str) -> TagsRef<'_> {
+        self.record(id).map(Record::standard).unwrap_or_default()
+    }
+
+    /// [`tags`](Self::tags) of each of `ids`, in order, with its id. Faster
+    /// per id than separate calls: it starts loading an id's record (and,
+    /// before, the id's own bytes) several ids ahead, so the cache misses
+    /// of successive lookups overlap instead of following one another.
+    pub fn tags_of<'i, I>(&self, ids: I, cardinality: Cardinality) -> TagsOf<'_, 'i, I::IntoIter>
+    where
+        I: IntoIterator<Item = &'i str>,
+    {
+        TagsOf {
+            store: self.store.as_deref(),
+            counter: self.counter,
+            ids: ids.into_iter(),
+            cardinality,
+            ahead: VecDeque::with_capacity(ID_AHEAD),
+        }
+    }
+}
+
+/// How many ids ahead of its lookup [`TagsOf`] starts loading an id's bytes,
+/// and then (once they are in cache) hashes the id and starts loading its
+/// record. On the lookup bench (random order over 100k entities), 8 and 4
+/// read 150-154 ns per lookup where 16 and 8 read 201-210, in 3
+/// alternating runs of each.
+const ID_AHEAD: usize = 8;
+const RECORD_AHEAD: usize = 4;
+
+/// An id waiting for its lookup in [`TagsOf`], with its key and the key's
+/// hash once computed (`Some(None)` for a malformed id, which no record has).
+struct PendingId<'i> {
+    id: &'i str,
+    key: Option<Option<(IdKey<'i>, u64)>>,
+}
+
+/// The iterator of [`MirrorView::tags_of`].
+pub struct TagsOf<'v, 'i, I> {
+    store: Option<&'v Store>,
+    counter: &'v QueryCounter,
+    ids: I,
+    cardinality: Cardinality,
+    /// The next ids to look up, in order.
+    ahead: VecDeque<PendingId<'i>>,
+}
+
+impl<'i, I: Iterator<Item = &'i str>> TagsOf<'_, 'i, I> {
+    /// Hashes `pending`'s id and starts loading its record, if not yet done.
+    fn prepare(store: Option<&Store>, pending: &mut PendingId<'i>) {
+        if pending.key.is_some() {
+            return;
+        }
+        let key = IdKey::parse(pending.id).map(|key| (key, key.hash()));
+        if let (Some(store), Some((_, hash))) = (store, key) {
+            store.prefetch(hash);
+        }
+        pending.key = Some(key);
+    }
+}
+
+impl<'v, 'i, I: Iterator<Item = &'i str>> Iterator for TagsOf<'v, 'i, I> {
+    type Item = (&'i str, TagsRef<'v>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.ahead.len() < ID_AHEAD {
+            let Some(id) = self.ids.next() else { break };
+            crate::prefetch::prefetch(id.as_ptr());
+            self.ahead.push_back(PendingId { id, key: None });
+            // Only while filling up do ids start this close to their lookup.
+            if self.ahead.len() <= RECORD_AHEAD + 1 {
+                Self::prepare(self.store, self.ahead.back_mut()?);
+            }
+        }
+        let mut current = self.ahead.pop_front()?;
+        Self::prepare(self.store, &mut current);
+        if let Some(coming) = self.ahead.get_mut(RECORD_AHEAD) {
+            Self::prepare(self.store, coming);
+        }
+        let record = match (self.store, current.key.flatten()) {
+            (Some(store), Some((key, hash))) => store.get_hashed(hash, key),
+            _ => None,
+        };
+        let tags = record
+            .map(|record| record.tags_for(self.cardinality))
+            .unwrap_or_default();
+        self.counter.count(self.cardinality, tags.is_empty());
+        Some((current.id, tags))
     }
 }
 

@@ -196,12 +196,12 @@ impl Record {
         prefetch(start.wrapping_add(64));
     }
 
-    pub(super) fn tags_for(&self, cardinality: Cardinality) -> Tags {
-        Tags::new(self, Selection::UpTo(cardinality))
+    pub(super) fn tags_for(&self, cardinality: Cardinality) -> TagsRef<'_> {
+        TagsRef::new(self, Selection::UpTo(cardinality))
     }
 
-    pub(super) fn standard(&self) -> Tags {
-        Tags::new(self, Selection::Standard)
+    pub(super) fn standard(&self) -> TagsRef<'_> {
+        TagsRef::new(self, Selection::Standard)
     }
 
     /// Whether this record already holds exactly `entity`'s tags, so an
@@ -531,10 +531,22 @@ enum Selection {
     Standard,
 }
 
-/// Some of an entity's tags: a reference to its record and which tags, so
-/// making one costs a refcount increment and no string copies. It stays valid
-/// (and unchanged) after the mirror moves on; it keeps the record alive
-/// meanwhile.
+/// Some of an entity's tags, borrowed from the mirror for as long as the
+/// [`MirrorView`](super::MirrorView) it came from: its record and which
+/// tags. Making one writes nothing, not even a refcount, so lookups from
+/// many threads never contend for the cache line of a popular entity.
+/// [`Tags::from`] keeps it beyond the view.
+#[derive(Clone, Copy, Default)]
+pub struct TagsRef<'a> {
+    /// `None` when the selection is empty.
+    record: Option<&'a Record>,
+    selection: Selection,
+}
+
+/// Some of an entity's tags, owned: a reference to its record and which
+/// tags, so making one costs a refcount increment and no string copies. It
+/// stays valid (and unchanged) after the mirror moves on; it keeps the
+/// record alive meanwhile.
 #[derive(Clone, Default)]
 pub struct Tags {
     /// `None` when the selection is empty, so an empty result holds nothing.
@@ -572,26 +584,19 @@ fn selects_nothing(record: &Record, selection: Selection) -> bool {
     }
 }
 
-impl Tags {
-    fn new(record: &Record, selection: Selection) -> Self {
-        if selects_nothing(record, selection) {
-            return Self::default();
-        }
+impl<'a> TagsRef<'a> {
+    fn new(record: &'a Record, selection: Selection) -> Self {
         Self {
-            record: Some(record.clone()),
+            record: (!selects_nothing(record, selection)).then_some(record),
             selection,
         }
     }
 
-    fn parts(&self) -> ([&[Tag]; 2], HighTags<'_>) {
-        match &self.record {
+    pub fn iter(&self) -> TagsIter<'a> {
+        let ([first, second], high): ([&[Tag]; 2], _) = match self.record {
             Some(record) => select(record, self.selection),
             None => ([&[], &[]], HighTags::default()),
-        }
-    }
-
-    pub fn iter(&self) -> TagsIter<'_> {
-        let ([first, second], high) = self.parts();
+        };
         TagsIter {
             current: first.iter(),
             then: second,
@@ -607,8 +612,8 @@ impl Tags {
         self.record.is_none()
     }
 
-    pub fn get(&self, index: usize) -> Option<&str> {
-        let ([first, second], high) = self.parts();
+    pub fn get(&self, index: usize) -> Option<&'a str> {
+        let ([first, second], high) = select(self.record?, self.selection);
         let Some(index) = index.checked_sub(first.len()) else {
             return Some(first[index].as_str());
         };
@@ -623,6 +628,45 @@ impl Tags {
     }
 }
 
+impl From<TagsRef<'_>> for Tags {
+    fn from(tags: TagsRef<'_>) -> Self {
+        Self {
+            record: tags.record.cloned(),
+            selection: tags.selection,
+        }
+    }
+}
+
+impl Tags {
+    /// The same tags, borrowed.
+    pub fn as_tags_ref(&self) -> TagsRef<'_> {
+        TagsRef {
+            record: self.record.as_ref(),
+            selection: self.selection,
+        }
+    }
+
+    pub fn iter(&self) -> TagsIter<'_> {
+        self.as_tags_ref().iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_tags_ref().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.record.is_none()
+    }
+
+    pub fn get(&self, index: usize) -> Option<&str> {
+        self.as_tags_ref().get(index)
+    }
+
+    pub fn to_vec(&self) -> Vec<String> {
+        self.as_tags_ref().to_vec()
+    }
+}
+
 impl<'a> IntoIterator for &'a Tags {
     type Item = &'a str;
     type IntoIter = TagsIter<'a>;
@@ -632,7 +676,16 @@ impl<'a> IntoIterator for &'a Tags {
     }
 }
 
-/// The strings of a [`Tags`] view, in order.
+impl<'a> IntoIterator for TagsRef<'a> {
+    type Item = &'a str;
+    type IntoIter = TagsIter<'a>;
+
+    fn into_iter(self) -> TagsIter<'a> {
+        self.iter()
+    }
+}
+
+/// The strings of a [`Tags`] or [`TagsRef`] view, in order.
 #[derive(Clone)]
 pub struct TagsIter<'a> {
     current: std::slice::Iter<'a, Tag>,
@@ -664,35 +717,61 @@ impl<'a> Iterator for TagsIter<'a> {
 
 impl ExactSizeIterator for TagsIter<'_> {}
 
-impl fmt::Debug for Tags {
+impl fmt::Debug for TagsRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.iter()).finish()
     }
 }
 
-impl PartialEq for Tags {
+impl fmt::Debug for Tags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_tags_ref().fmt(f)
+    }
+}
+
+/// Both views compare by their strings, with each other and with lists of
+/// strings.
+macro_rules! compare_by_strings {
+    ($($view:ty),*) => {$(
+        impl PartialEq for $view {
+            fn eq(&self, other: &Self) -> bool {
+                self.iter().eq(other.iter())
+            }
+        }
+
+        impl Eq for $view {}
+
+        impl<S: AsRef<str>> PartialEq<[S]> for $view {
+            fn eq(&self, other: &[S]) -> bool {
+                self.iter().eq(other.iter().map(AsRef::as_ref))
+            }
+        }
+
+        impl<S: AsRef<str>, const N: usize> PartialEq<[S; N]> for $view {
+            fn eq(&self, other: &[S; N]) -> bool {
+                *self == other[..]
+            }
+        }
+
+        impl<S: AsRef<str>> PartialEq<Vec<S>> for $view {
+            fn eq(&self, other: &Vec<S>) -> bool {
+                *self == other[..]
+            }
+        }
+    )*};
+}
+
+compare_by_strings!(Tags, TagsRef<'_>);
+
+impl PartialEq<Tags> for TagsRef<'_> {
     fn eq(&self, other: &Tags) -> bool {
-        self.iter().eq(other.iter())
+        *self == other.as_tags_ref()
     }
 }
 
-impl Eq for Tags {}
-
-impl<S: AsRef<str>> PartialEq<[S]> for Tags {
-    fn eq(&self, other: &[S]) -> bool {
-        self.iter().eq(other.iter().map(AsRef::as_ref))
-    }
-}
-
-impl<S: AsRef<str>, const N: usize> PartialEq<[S; N]> for Tags {
-    fn eq(&self, other: &[S; N]) -> bool {
-        *self == other[..]
-    }
-}
-
-impl<S: AsRef<str>> PartialEq<Vec<S>> for Tags {
-    fn eq(&self, other: &Vec<S>) -> bool {
-        *self == other[..]
+impl PartialEq<TagsRef<'_>> for Tags {
+    fn eq(&self, other: &TagsRef<'_>) -> bool {
+        self.as_tags_ref() == *other
     }
 }
 
