@@ -313,6 +313,7 @@ fn a_view_reads_one_copy_until_dropped() {
     writer.apply(vec![EntityEvent::Added(entity("host://h", &["old"], &[]))]);
     let (kept, applied) = std::thread::scope(|scope| {
         let view = reader.view();
+        assert_eq!(format!("{view:?}"), "MirrorView { len: 1 }");
         let before = view.tags("host://h", Cardinality::Low);
         let writing = scope
             .spawn(|| writer.apply(vec![EntityEvent::Added(entity("host://h", &["new"], &[]))]));

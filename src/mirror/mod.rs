@@ -790,6 +790,22 @@ impl<'v, 'i, I: Iterator<Item = &'i str>> Iterator for TagsOf<'v, 'i, I> {
     }
 }
 
+impl fmt::Debug for MirrorView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let len = self.store.as_ref().map_or(0, |store| store.len());
+        f.debug_struct("MirrorView").field("len", &len).finish()
+    }
+}
+
+impl<I> fmt::Debug for TagsOf<'_, '_, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TagsOf")
+            .field("cardinality", &self.cardinality)
+            .field("loading_ahead", &self.ahead.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Clone for MirrorReader {
     fn clone(&self) -> Self {
         Self {
