@@ -303,6 +303,71 @@ fn fanout_apply(c: &mut Criterion) {
     group.finish();
 }
 
+/// How a lookup of one popular id scales when another thread looks it up
+/// too: with `tags()`, both threads take and release a refcount on the same
+/// record, and its cache line moves between the cores; a view's borrowed
+/// results write nothing. Each group runs with the other thread making the
+/// same kind of lookup as fast as it can, after a baseline with no other
+/// thread.
+fn hot_id_lookups(c: &mut Criterion) {
+    let workload = workload();
+    let mut writer = MirrorWriter::new();
+    writer.replace_all(workload.snapshot());
+    let reader = writer.reader();
+    let hot = shuffled_ids(&workload).swap_remove(0);
+    let mut group = c.benchmark_group("hot_id");
+    group.bench_function("tags_high_alone", |b| {
+        b.iter(|| reader.tags(&hot, Cardinality::High))
+    });
+    group.bench_function("view_tags_high_alone", |b| {
+        b.iter_custom(|lookups| {
+            in_views(&reader, lookups, |view, count| {
+                for _ in 0..count {
+                    black_box(view.tags(&hot, Cardinality::High));
+                }
+            })
+        })
+    });
+    for per_view in [false, true] {
+        let stop = AtomicBool::new(false);
+        thread::scope(|scope| {
+            let other = reader.clone();
+            let (stop, hot) = (&stop, hot.as_str());
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if per_view {
+                        let view = other.view();
+                        for _ in 0..LOOKUPS_PER_VIEW {
+                            black_box(view.tags(hot, Cardinality::High));
+                        }
+                    } else {
+                        for _ in 0..LOOKUPS_PER_VIEW {
+                            black_box(other.tags(hot, Cardinality::High));
+                        }
+                    }
+                }
+            });
+            if per_view {
+                group.bench_function("view_tags_high_two_threads", |b| {
+                    b.iter_custom(|lookups| {
+                        in_views(&reader, lookups, |view, count| {
+                            for _ in 0..count {
+                                black_box(view.tags(hot, Cardinality::High));
+                            }
+                        })
+                    })
+                });
+            } else {
+                group.bench_function("tags_high_two_threads", |b| {
+                    b.iter(|| reader.tags(hot, Cardinality::High))
+                });
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    group.finish();
+}
+
 /// The machine's floor for a random lookup: one dependent load from a
 /// random place in 64 MiB (a cyclic pointer chase, one cache line per hop),
 /// about the size of a 100k-entity mirror's records plus the ids a caller
@@ -331,5 +396,12 @@ fn memory_latency(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookups, writes, fanout_apply, memory_latency);
+criterion_group!(
+    benches,
+    lookups,
+    hot_id_lookups,
+    writes,
+    fanout_apply,
+    memory_latency
+);
 criterion_main!(benches);
