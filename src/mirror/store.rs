@@ -9,7 +9,7 @@ use hashbrown::HashTable;
 use crate::domain::{EntityId, KNOWN_PREFIXES};
 
 use super::record::Record;
-use super::table::{TableEntry, make_room};
+use super::table::{self, TableEntry, make_room};
 
 /// Every table in the mirror hashes with this fixed seed: both left-right
 /// copies and the interner must agree, and nothing may depend on a
@@ -151,6 +151,14 @@ impl Store {
         for record in self.records.iter_hash(hash) {
             record.prefetch();
         }
+    }
+
+    /// Starts loading the table slot that most likely holds the record of
+    /// the id with this hash, reading only the table's control bytes, so
+    /// that a [`prefetch`](Self::prefetch) of the same hash a few lookups
+    /// later finds the slot (the record's address) in cache.
+    pub(super) fn prefetch_slot(&self, hash: u64) {
+        table::prefetch_slot(&self.records, hash);
     }
 
     pub(super) fn records(&self) -> impl Iterator<Item = &Record> {

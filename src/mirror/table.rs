@@ -10,6 +10,8 @@
 
 use hashbrown::HashTable;
 
+use crate::prefetch::prefetch;
+
 /// An entry of one of the mirror's tables.
 pub(super) trait TableEntry {
     /// The hash the entry is stored under.
@@ -26,6 +28,17 @@ pub(super) trait TableEntry {
 pub(super) fn make_room<T: TableEntry>(table: &mut HashTable<T>) {
     if table.len() == table.capacity() {
         rebuild(table, (2 * table.len()).max(1));
+    }
+}
+
+/// Starts loading the slot of `table` that most likely holds the entry
+/// with this hash, reading only the table's control bytes: a lookup of the
+/// same hash a little later then finds the slot (which points to the
+/// entry) in cache.
+pub(super) fn prefetch_slot<T>(table: &HashTable<T>, hash: u64) {
+    let first = table.iter_hash_buckets(hash).next();
+    if let Some(slot) = first.and_then(|index| table.get_bucket(index)) {
+        prefetch(std::ptr::from_ref(slot));
     }
 }
 
