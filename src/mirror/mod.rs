@@ -170,13 +170,24 @@ fn prepare<E: MirrorEvent>(events: &[E]) -> Vec<Prepared<'_, E::Tag>> {
 }
 
 /// How many events ahead of the one being applied the writer starts
-/// loading what the next ones read: the published record of their id and
-/// their interned lists, then (once those lists are in cache) the lists'
-/// strings. An event touches entries scattered over the mirror, one cache
-/// miss after another when taken one event at a time; prefetched, the
-/// misses of several events overlap.
+/// loading what the next ones read: the table slots of their id's published
+/// record and of their interned lists, then (once those slots are in cache)
+/// the record and the lists, then (once the lists are) the lists' strings.
+/// An event touches entries scattered over the mirror, one cache miss after
+/// another when taken one event at a time; prefetched, the misses of
+/// several events overlap.
+const PREFETCH_SLOTS: usize = 16;
 const PREFETCH_RECORDS_AND_LISTS: usize = 8;
 const PREFETCH_STRINGS: usize = 4;
+
+/// Starts loading the table slots of the published record of `event`'s id
+/// and of the interned lists its upsert compares with.
+fn prefetch_slots<S>(published: &Store, interner: &Interner, event: &Prepared<'_, S>) {
+    published.prefetch_slot(event.hash);
+    if let Some((_, lists)) = &event.upsert {
+        interner.prefetch_list_slots(lists);
+    }
+}
 
 /// Starts loading the published record of `event`'s id and the interned
 /// lists its upsert compares with.
@@ -191,13 +202,20 @@ fn prefetch_record_and_lists<S>(published: &Store, interner: &Interner, event: &
 /// prefetched for: without this, 8 of the 20 events of a fan-out batch
 /// would start cold.
 fn prefetch_first<S>(published: &Store, interner: &Interner, events: &[Prepared<'_, S>]) {
-    for event in events.iter().take(PREFETCH_RECORDS_AND_LISTS) {
+    let (near, far) = events.split_at(PREFETCH_RECORDS_AND_LISTS.min(events.len()));
+    for event in far.iter().take(PREFETCH_SLOTS - PREFETCH_RECORDS_AND_LISTS) {
+        prefetch_slots(published, interner, event);
+    }
+    for event in near {
         prefetch_record_and_lists(published, interner, event);
     }
 }
 
 /// Prefetches for the events after `ahead[0]`, the one being applied.
 fn prefetch_ahead<S>(published: &Store, interner: &Interner, ahead: &[Prepared<'_, S>]) {
+    if let Some(next) = ahead.get(PREFETCH_SLOTS) {
+        prefetch_slots(published, interner, next);
+    }
     if let Some(next) = ahead.get(PREFETCH_RECORDS_AND_LISTS) {
         prefetch_record_and_lists(published, interner, next);
     }

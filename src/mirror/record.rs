@@ -18,7 +18,7 @@ use crate::domain::{Cardinality, Entity, EntityId, EntityRef};
 use crate::prefetch::prefetch;
 
 use super::store::{IdKey, fixed_hash, hash_texts};
-use super::table::{TableEntry, make_room, rebuild};
+use super::table::{TableEntry, make_room, prefetch_slot, rebuild};
 
 /// One interned tag string: a thin (8-byte) pointer to a refcounted
 /// `[count | len | bytes]` allocation. While a record references it, it is the
@@ -447,6 +447,15 @@ impl Interner {
     pub(super) fn prefetch_lists(&self, hashes: &ListHashes) {
         for list in self.candidates(hashes) {
             prefetch(list.0.ptr());
+        }
+    }
+
+    /// Starts loading the table slots of the interned lists with these
+    /// hashes, so that [`prefetch_lists`](Self::prefetch_lists) a few
+    /// events later finds them in cache.
+    pub(super) fn prefetch_list_slots(&self, hashes: &ListHashes) {
+        for hash in hashes.0 {
+            prefetch_slot(&self.lists, hash);
         }
     }
 
