@@ -708,12 +708,7 @@ impl MirrorView<'_> {
 
     /// What [`MirrorReader::tags`] returns, borrowed. Counts one query.
     pub fn tags(&self, id: &str, cardinality: Cardinality) -> TagsRef<'_> {
-        let tags = self
-            .record(id)
-            .map(|record| record.tags_for(cardinality))
-            .unwrap_or_default();
-        self.counter.count(cardinality, tags.is_empty());
-        tags
+        counted_tags(self.counter, self.record(id), cardinality)
     }
 
     /// The standard tags of `id`, borrowed; empty for an unknown id.
@@ -722,9 +717,9 @@ impl MirrorView<'_> {
     }
 
     /// [`tags`](Self::tags) of each of `ids`, in order, with its id. Faster
-    /// per id than separate calls: it starts loading an id's record (and,
-    /// before, the id's own bytes) several ids ahead, so the cache misses
-    /// of successive lookups overlap instead of following one another.
+    /// per id than separate calls: it starts loading an id's bytes, table
+    /// slot and record several ids ahead, so the cache misses of successive
+    /// lookups overlap instead of following one another.
     pub fn tags_of<'i, I>(&self, ids: I, cardinality: Cardinality) -> TagsOf<'_, 'i, I::IntoIter>
     where
         I: IntoIterator<Item = &'i str>,
@@ -737,6 +732,20 @@ impl MirrorView<'_> {
             ahead: VecDeque::with_capacity(ID_AHEAD),
         }
     }
+}
+
+/// The tags of `record` up to `cardinality` (none for no record), counted
+/// as one query.
+fn counted_tags<'a>(
+    counter: &QueryCounter,
+    record: Option<&'a Record>,
+    cardinality: Cardinality,
+) -> TagsRef<'a> {
+    let tags = record
+        .map(|record| record.tags_for(cardinality))
+        .unwrap_or_default();
+    counter.count(cardinality, tags.is_empty());
+    tags
 }
 
 /// How many ids ahead of its lookup [`TagsOf`] starts loading what the
@@ -827,10 +836,7 @@ impl<'v, 'i, I: Iterator<Item = &'i str>> Iterator for TagsOf<'v, 'i, I> {
             (Some(store), Some((key, hash))) => store.get_hashed(hash, key),
             _ => None,
         };
-        let tags = record
-            .map(|record| record.tags_for(self.cardinality))
-            .unwrap_or_default();
-        self.counter.count(self.cardinality, tags.is_empty());
+        let tags = counted_tags(self.counter, record, self.cardinality);
         Some((current.id, tags))
     }
 }
