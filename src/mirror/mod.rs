@@ -766,8 +766,6 @@ struct PendingId<'i> {
     /// Its key and the key's hash, once computed (`Some(None)` for a
     /// malformed id, which no record has).
     key: Option<Option<(IdKey<'i>, u64)>>,
-    /// Whether its record was prefetched.
-    record_loading: bool,
 }
 
 impl<'i> PendingId<'i> {
@@ -779,19 +777,18 @@ impl<'i> PendingId<'i> {
     }
 
     /// Starts the step of loading that `distance` ids before its lookup
-    /// calls for (see [`ID_AHEAD`]).
+    /// calls for (see [`ID_AHEAD`]). Further than [`SLOT_AHEAD`], the id's
+    /// bytes may not be in cache yet, so it is not hashed.
     fn load(&mut self, store: Option<&Store>, distance: usize) {
-        let Some(store) = store else { return };
+        if distance > SLOT_AHEAD {
+            return;
+        }
+        let (Some(store), Some((_, hash))) = (store, self.key()) else {
+            return;
+        };
         if distance <= RECORD_AHEAD {
-            if !self.record_loading
-                && let Some((_, hash)) = self.key()
-            {
-                store.prefetch(hash);
-            }
-            self.record_loading = true;
-        } else if distance <= SLOT_AHEAD
-            && let Some((_, hash)) = self.key()
-        {
+            store.prefetch(hash);
+        } else {
             store.prefetch_slot(hash);
         }
     }
@@ -816,17 +813,14 @@ impl<'v, 'i, I: Iterator<Item = &'i str>> Iterator for TagsOf<'v, 'i, I> {
             let Some(id) = self.ids.next() else { break };
             crate::prefetch::prefetch(id.as_ptr());
             let distance = self.ahead.len();
-            let mut pending = PendingId {
-                id,
-                key: None,
-                record_loading: false,
-            };
+            let mut pending = PendingId { id, key: None };
             // Only while filling up do ids start this close to their lookup.
             pending.load(self.store, distance);
             self.ahead.push_back(pending);
         }
         let mut current = self.ahead.pop_front()?;
-        // Each id passes every distance below the one it started at once.
+        // Each id passes every distance below the one it started at once,
+        // so each step runs once per id.
         for distance in [SLOT_AHEAD, RECORD_AHEAD] {
             if let Some(coming) = self.ahead.get_mut(distance) {
                 coming.load(self.store, distance);
