@@ -3,6 +3,7 @@
 //! Lookups walk every id in a seeded random order, so they pay the cache
 //! misses of a real store rather than hitting a hot few entries.
 
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use remote_tagger::domain::Cardinality;
+use remote_tagger::domain::{Cardinality, Entity, EntityEvent, EntityId};
 use remote_tagger::mirror::{MirrorReader, MirrorView, MirrorWriter};
 use remote_tagger::rng::SplitMix64;
 use remote_tagger::wire::{EventEncoder, decode_event};
@@ -198,6 +199,24 @@ fn lookups(c: &mut Criterion) {
     );
 }
 
+/// Times `apply` on `batches` churn batches of [`APPLY_BATCH`] events.
+/// Generating events is the workload's cost, not the store's: only `apply`
+/// is timed, and the workload stays consistent with the store.
+fn time_churn(
+    workload: &mut Workload,
+    batches: u64,
+    mut apply: impl FnMut(Vec<EntityEvent>),
+) -> Duration {
+    let mut timed = Duration::ZERO;
+    for _ in 0..batches {
+        let events = workload.next_events(APPLY_BATCH);
+        let start = Instant::now();
+        apply(events);
+        timed += start.elapsed();
+    }
+    timed
+}
+
 fn writes(c: &mut Criterion) {
     let mut group = c.benchmark_group("write");
     group.sample_size(10);
@@ -208,17 +227,10 @@ fn writes(c: &mut Criterion) {
     writer.replace_all(snapshot.clone());
     group.throughput(Throughput::Elements(APPLY_BATCH as u64));
     group.bench_function("apply_churn_1000", |b| {
-        // Generating events is the workload's cost, not the mirror's: only
-        // `apply` is timed, and the workload stays consistent with the mirror.
         b.iter_custom(|batches| {
-            let mut timed = Duration::ZERO;
-            for _ in 0..batches {
-                let events = workload.next_events(APPLY_BATCH);
-                let start = Instant::now();
+            time_churn(&mut workload, batches, |events| {
                 black_box(writer.apply(events));
-                timed += start.elapsed();
-            }
-            timed
+            })
         })
     });
 
@@ -369,28 +381,97 @@ fn hot_id_lookups(c: &mut Criterion) {
 }
 
 /// The machine's floor for a random lookup: one dependent load from a
-/// random place in 64 MiB (a cyclic pointer chase, one cache line per hop),
-/// about the size of a 100k-entity mirror's records plus the ids a caller
-/// looks up. A lookup that misses the cache for the record it must compare
-/// cannot be faster than one such load.
+/// random place in a buffer (a cyclic pointer chase, one cache line per hop).
+/// 64 MiB is about the size of a 100k-entity mirror's records plus the ids a
+/// caller looks up: a lookup that misses the cache for the record it must
+/// compare cannot be faster than one such load. The smaller sizes show
+/// where the caches end.
 fn memory_latency(c: &mut Criterion) {
-    const LINES: usize = 64 * 1024 * 1024 / 64;
+    let mut group = c.benchmark_group("machine");
+    for mib in [4, 16, 64] {
+        let next = pointer_chase(mib * 1024 * 1024);
+        let mut at = 0;
+        group.bench_function(format!("dependent_load_random_{mib}MiB"), |b| {
+            b.iter(|| {
+                at = next[at];
+                at
+            })
+        });
+    }
+    group.finish();
+}
+
+/// A buffer of `bytes` in which the first word of each cache line holds the
+/// index of the next line's first word, the lines visited in a seeded
+/// random cycle.
+fn pointer_chase(bytes: usize) -> Vec<usize> {
     const WORDS_PER_LINE: usize = 8;
-    let mut order: Vec<usize> = (0..LINES).collect();
+    let lines = bytes / 64;
+    let mut order: Vec<usize> = (0..lines).collect();
     let mut rng = SplitMix64::new(SEED);
-    for i in (1..LINES).rev() {
+    for i in (1..lines).rev() {
         order.swap(i, rng.below(i as u64 + 1) as usize);
     }
-    let mut next = vec![0usize; LINES * WORDS_PER_LINE];
+    let mut next = vec![0usize; lines * WORDS_PER_LINE];
     for (k, &line) in order.iter().enumerate() {
-        next[line * WORDS_PER_LINE] = order[(k + 1) % LINES] * WORDS_PER_LINE;
+        next[line * WORDS_PER_LINE] = order[(k + 1) % lines] * WORDS_PER_LINE;
     }
-    let mut at = 0;
-    let mut group = c.benchmark_group("machine");
-    group.bench_function("dependent_load_random_64MiB", |b| {
-        b.iter(|| {
-            at = next[at];
-            at
+    next
+}
+
+/// What a plain single-threaded `std` hash map does on the same workload,
+/// ids and churn, as a reference for the mirror's figures: no second copy,
+/// no interning, no readers to keep consistent. A lookup clones the `Arc`
+/// of the entity's low + orchestrator + high tags (like `tags()` handing
+/// out a refcounted view); apply inserts or removes the owned events.
+fn plain_map(c: &mut Criterion) {
+    let mut workload = workload();
+    let ids = shuffled_ids(&workload);
+    let by_id: HashMap<String, Arc<[String]>, foldhash::fast::RandomState> = workload
+        .store()
+        .iter()
+        .map(|(id, entity)| {
+            let tags = entity
+                .low
+                .iter()
+                .chain(&entity.orchestrator)
+                .chain(&entity.high);
+            (id.to_string(), tags.cloned().collect())
+        })
+        .collect();
+    let mut group = c.benchmark_group("plain_map");
+    let mut next = ids.iter().cycle();
+    group.bench_function("get_high", |b| {
+        b.iter(|| by_id.get(next.next().unwrap().as_str()).cloned())
+    });
+    let packed = PackedIds::new(&ids);
+    let mut next_packed = packed.cycle();
+    group.bench_function("get_high_packed_ids", |b| {
+        b.iter(|| by_id.get(next_packed.next().unwrap()).cloned())
+    });
+    drop(by_id);
+
+    let mut entities: HashMap<EntityId, Entity, foldhash::fast::RandomState> = workload
+        .snapshot()
+        .into_iter()
+        .map(|entity| (entity.id.clone(), entity))
+        .collect();
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(APPLY_BATCH as u64));
+    group.bench_function("apply_churn_1000", |b| {
+        b.iter_custom(|batches| {
+            time_churn(&mut workload, batches, |events| {
+                for event in events {
+                    match event {
+                        EntityEvent::Added(entity) | EntityEvent::Modified(entity) => {
+                            black_box(entities.insert(entity.id.clone(), entity));
+                        }
+                        EntityEvent::Deleted(id) => {
+                            black_box(entities.remove(&id));
+                        }
+                    }
+                }
+            })
         })
     });
     group.finish();
@@ -402,6 +483,7 @@ criterion_group!(
     hot_id_lookups,
     writes,
     fanout_apply,
-    memory_latency
+    memory_latency,
+    plain_map
 );
 criterion_main!(benches);
