@@ -663,8 +663,8 @@ impl MirrorReader {
     /// query: it is a digest, not a lookup an application made.
     pub fn hash(&self, id: &str, cardinality: Cardinality) -> String {
         let view = self.view();
-        let tags = view.record(id).map(|record| record.tags_for(cardinality));
-        entity_hash(&tags.unwrap_or_default().iter().collect::<Vec<_>>())
+        let tags = tags_or_none(view.record(id), cardinality);
+        entity_hash(&tags.iter().collect::<Vec<_>>())
     }
 
     pub fn len(&self) -> usize {
@@ -741,11 +741,17 @@ fn counted_tags<'a>(
     record: Option<&'a Record>,
     cardinality: Cardinality,
 ) -> TagsRef<'a> {
-    let tags = record
-        .map(|record| record.tags_for(cardinality))
-        .unwrap_or_default();
+    let tags = tags_or_none(record, cardinality);
     counter.count(cardinality, tags.is_empty());
     tags
+}
+
+/// The tags of `record` up to `cardinality`; none for no record (an unknown
+/// id).
+fn tags_or_none(record: Option<&Record>, cardinality: Cardinality) -> TagsRef<'_> {
+    record
+        .map(|record| record.tags_for(cardinality))
+        .unwrap_or_default()
 }
 
 /// How many ids ahead of its lookup [`TagsOf`] starts loading what the
