@@ -102,6 +102,23 @@ pub struct TierScenario {
     pub description: &'static str,
 }
 
+impl TierScenario {
+    /// Every scenario of a tier's enum, in its order.
+    pub fn all<S: Copy>(
+        scenarios: &[S],
+        name: fn(S) -> &'static str,
+        description: fn(S) -> &'static str,
+    ) -> Vec<Self> {
+        scenarios
+            .iter()
+            .map(|&scenario| Self {
+                name: name(scenario),
+                description: description(scenario),
+            })
+            .collect()
+    }
+}
+
 /// What one passing seed produced.
 #[derive(Debug, Clone)]
 pub struct SeedOutcome {

@@ -7,13 +7,7 @@ use remote_tagger::harness::scenario::{Scenario, Schedule};
 use crate::{SeedOutcome, TierScenario};
 
 pub fn scenarios() -> Vec<TierScenario> {
-    Scenario::ALL
-        .into_iter()
-        .map(|scenario| TierScenario {
-            name: scenario.name(),
-            description: scenario.description(),
-        })
-        .collect()
+    TierScenario::all(&Scenario::ALL, Scenario::name, Scenario::description)
 }
 
 pub fn run(name: &str, seed: u64) -> Result<SeedOutcome, String> {

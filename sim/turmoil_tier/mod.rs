@@ -114,13 +114,7 @@ fn liveness_bound(max_latency: Duration) -> Duration {
 }
 
 pub fn scenarios() -> Vec<TierScenario> {
-    Scenario::ALL
-        .into_iter()
-        .map(|scenario| TierScenario {
-            name: scenario.name(),
-            description: scenario.description(),
-        })
-        .collect()
+    TierScenario::all(&Scenario::ALL, Scenario::name, Scenario::description)
 }
 
 pub fn run(name: &str, seed: u64) -> Result<SeedOutcome, String> {
