@@ -41,8 +41,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// `REMOTE_TAGGER_GIT_DESCRIBE`, `REMOTE_TAGGER_RUSTC_VERSION` and
-/// `REMOTE_TAGGER_TARGET` for `version.txt` in a flare; "unknown" where a
-/// fact cannot be had (a build from a source tarball has no git).
+/// `REMOTE_TAGGER_BUILD_TARGET` for `version.txt` in a flare; "unknown"
+/// where a fact cannot be had (a build from a source tarball has no git).
+/// Cargo also sets these in the environment of `cargo run` and `cargo test`,
+/// so none may share a name with a flag's variable (`REMOTE_TAGGER_TARGET`
+/// is `--target`'s).
 fn emit_build_info() {
     let describe = command_output("git", &["describe", "--always", "--dirty", "--tags"]);
     println!(
@@ -63,7 +66,7 @@ fn emit_build_info() {
         rustc_version.as_deref().unwrap_or("unknown")
     );
     let target = std::env::var("TARGET").unwrap_or_else(|_| "unknown".to_owned());
-    println!("cargo:rustc-env=REMOTE_TAGGER_TARGET={target}");
+    println!("cargo:rustc-env=REMOTE_TAGGER_BUILD_TARGET={target}");
 }
 
 /// The trimmed standard output of a command that succeeded, else `None`.

@@ -8,7 +8,7 @@ pub const GIT_DESCRIBE: &str = env!("REMOTE_TAGGER_GIT_DESCRIBE");
 /// `rustc --version` of the compiler that built this, or "unknown".
 pub const RUSTC_VERSION: &str = env!("REMOTE_TAGGER_RUSTC_VERSION");
 /// The target triple built for.
-pub const TARGET: &str = env!("REMOTE_TAGGER_TARGET");
+pub const TARGET: &str = env!("REMOTE_TAGGER_BUILD_TARGET");
 
 /// All of it, one fact a line.
 pub fn report() -> String {

@@ -35,6 +35,7 @@ pub mod proto {
 pub mod build_info;
 pub mod client;
 pub mod core;
+pub mod datadog_config;
 pub mod defaults;
 pub mod domain;
 mod error_text;

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use remote_tagger::client::RemoteTagger;
+use remote_tagger::datadog_config::AgentEndpoint;
 use remote_tagger::flare::{self, FlareFile, FlareUpload};
 use remote_tagger::{build_info, metrics};
 use serde_json::json;
@@ -32,6 +33,7 @@ pub async fn flare(args: FlareArgs, logging: &LoggingSettings) -> CliResult {
         return Err("--send needs a Datadog API key: pass --api-key or set DD_API_KEY".to_owned());
     }
     let hostname = flare::hostname();
+    let endpoint = args.connect.endpoint()?;
     let config = args.connect.client_config(Some(&args.subscription))?;
     let target = config.target.clone();
     let tagger = RemoteTagger::start(config).map_err(|e| e.to_string())?;
@@ -61,7 +63,7 @@ pub async fn flare(args: FlareArgs, logging: &LoggingSettings) -> CliResult {
         FlareFile::new("metrics.txt", scrape),
         FlareFile::new(
             "config.json",
-            pretty(&effective_config(&args, logging, &hostname)),
+            pretty(&effective_config(&args, &endpoint, logging, &hostname)),
         ),
         FlareFile::new("version.txt", build_info::report()),
     ];
@@ -117,15 +119,17 @@ async fn send(
 /// its last 5 characters.
 fn effective_config(
     args: &FlareArgs,
+    endpoint: &AgentEndpoint,
     logging: &LoggingSettings,
     hostname: &str,
 ) -> serde_json::Value {
     let connect = &args.connect;
     let path = |path: &Path| path.display().to_string();
     json!({
-        "target": connect.target,
-        "auth_token_file": path(&connect.auth_token_file),
-        "ca_file": path(&connect.ca_file),
+        "target": endpoint.target,
+        "auth_token_file": path(&endpoint.auth_token_file),
+        "ca_file": path(&endpoint.ipc_cert_file),
+        "datadog_config": connect.datadog_config.as_deref().map(path),
         "server_name": connect.server_name,
         "client_cert_file": connect.client_cert_file.as_deref().map(path),
         "insecure_skip_verify": connect.insecure_skip_verify,
@@ -182,11 +186,40 @@ mod tests {
             log_format: super::super::LogFormat::Text,
             log_file: Some(PathBuf::from("/var/log/remote-tagger.log")),
         };
-        let config = effective_config(&args, &logging, "host").to_string();
+        let endpoint = args.connect.endpoint().unwrap();
+        let config = effective_config(&args, &endpoint, &logging, "host").to_string();
         assert!(!config.contains(key), "{config}");
         assert!(!config.contains("0123456789"), "{config}");
         assert!(config.contains("ECRET"), "{config}");
         assert!(config.contains("/etc/datadog-agent/auth_token"), "{config}");
         assert!(config.contains("/var/log/remote-tagger.log"), "{config}");
+    }
+
+    #[test]
+    fn the_configuration_shows_what_the_datadog_config_resolved_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let datadog_yaml = dir.path().join("datadog.yaml");
+        std::fs::write(&datadog_yaml, "cmd_port: 6002\n").unwrap();
+        let cli = Cli::parse_from([
+            "remote-tagger",
+            "flare",
+            "--datadog-config",
+            datadog_yaml.to_str().unwrap(),
+        ]);
+        let Command::Flare(args) = cli.command else {
+            panic!("parsed as flare");
+        };
+        let logging = LoggingSettings {
+            log_level: None,
+            log_format: super::super::LogFormat::Text,
+            log_file: None,
+        };
+        let endpoint = args.connect.endpoint().unwrap();
+        let config = effective_config(&args, &endpoint, &logging, "host");
+        assert_eq!(config["target"], "localhost:6002");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        assert_eq!(config["auth_token_file"], path("auth_token"));
+        assert_eq!(config["ca_file"], path("ipc_cert.pem"));
+        assert_eq!(config["datadog_config"], path("datadog.yaml"));
     }
 }

@@ -10,11 +10,12 @@ mod server_commands;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use remote_tagger::client::{ClientConfig, TlsMode, TlsSettings};
+use remote_tagger::datadog_config::AgentEndpoint;
 use remote_tagger::defaults;
 use remote_tagger::domain::Cardinality;
 use remote_tagger::metrics::{self, MetricsEndpoint};
@@ -31,8 +32,8 @@ use tracing_subscriber::util::SubscriberInitExt;
     long_about = "A wire-compatible Datadog Agent remote tagger.\n\n\
         `serve` runs a tagger server that real Datadog remote taggers can stream from; \
         `list`, `watch` and `get` mirror or query any tagger, ours or a real Datadog Agent's \
-        (point --target, --auth-token-file and --ca-file at the agent's port 5001, \
-        auth_token and ipc_cert.pem). `demo` runs both in one process.\n\n\
+        (on an Agent's host: --datadog-config /etc/datadog-agent/datadog.yaml). \
+        `demo` runs both in one process.\n\n\
         With no flags, `serve` and `list` in two terminals find each other: they share the \
         default token and certificate files and the address 127.0.0.1:5001."
 )]
@@ -109,7 +110,7 @@ pub struct ServeArgs {
     /// Serve the entities of this JSON file ([{"id": "container_id://abc",
     /// "low": [...], "orchestrator": [...], "high": [...], "standard": [...]}]),
     /// re-read when it changes, instead of --source.
-    #[arg(long, env = "REMOTE_TAGGER_ENTITIES", conflicts_with_all = ["source", "upstream"])]
+    #[arg(long, env = "REMOTE_TAGGER_ENTITIES", conflicts_with_all = ["source", "relay"])]
     pub entities: Option<PathBuf>,
 
     /// What to serve: `host` (this machine's processes, containers and pods,
@@ -119,7 +120,7 @@ pub struct ServeArgs {
         long,
         env = "REMOTE_TAGGER_SOURCE",
         value_enum,
-        conflicts_with = "upstream"
+        conflicts_with = "relay"
     )]
     pub source: Option<SourceKind>,
 
@@ -165,28 +166,56 @@ pub enum SourceKind {
     Workload,
 }
 
-/// Relay: serve the mirror of another tagger.
+/// Relay: serve the mirror of another tagger, named by `--upstream`,
+/// `--upstream-datadog-config` or both (the group `relay`).
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("relay").multiple(true)))]
 pub struct UpstreamArgs {
     /// Relay: mirror the tagger at HOST:PORT (ours or a Datadog Agent's) and
-    /// serve its entities, so many consumers share one upstream stream.
-    #[arg(id = "upstream", long = "upstream", env = "REMOTE_TAGGER_UPSTREAM")]
+    /// serve its entities, so many consumers share one upstream stream
+    /// [default with --upstream-datadog-config: the Agent's cmd_host:cmd_port].
+    #[arg(
+        id = "upstream",
+        long = "upstream",
+        env = "REMOTE_TAGGER_UPSTREAM",
+        group = "relay"
+    )]
     pub target: Option<String>,
 
-    /// Relay: the upstream's bearer token file.
-    #[arg(id = "upstream_auth_token_file", long = "upstream-auth-token-file", env = "REMOTE_TAGGER_UPSTREAM_AUTH_TOKEN_FILE", default_value_os_t = defaults::auth_token_file(), requires = "upstream")]
-    pub auth_token_file: PathBuf,
+    /// Relay the Datadog Agent this datadog.yaml (or folder) configures: its
+    /// address, token and certificate as for `list --datadog-config`; the
+    /// --upstream* flags still win.
+    #[arg(
+        id = "upstream_datadog_config",
+        long = "upstream-datadog-config",
+        env = "REMOTE_TAGGER_UPSTREAM_DATADOG_CONFIG",
+        value_name = "PATH",
+        group = "relay"
+    )]
+    pub datadog_config: Option<PathBuf>,
 
-    /// Relay: the PEM file the upstream's certificate is verified against.
-    #[arg(id = "upstream_ca_file", long = "upstream-ca-file", env = "REMOTE_TAGGER_UPSTREAM_CA_FILE", default_value_os_t = defaults::cert_file(), requires = "upstream")]
-    pub ca_file: PathBuf,
+    #[arg(id = "upstream_auth_token_file", long = "upstream-auth-token-file", env = "REMOTE_TAGGER_UPSTREAM_AUTH_TOKEN_FILE", requires = "relay", help = default_help(
+        "Relay: the upstream's bearer token file",
+        &defaults::auth_token_file(),
+        "auth_token_file_path",
+        "--upstream-datadog-config",
+    ))]
+    pub auth_token_file: Option<PathBuf>,
+
+    #[arg(id = "upstream_ca_file", long = "upstream-ca-file", env = "REMOTE_TAGGER_UPSTREAM_CA_FILE", requires = "relay", help = default_help(
+        "Relay: the PEM file the upstream's certificate is verified against",
+        &defaults::cert_file(),
+        "ipc_cert_file_path",
+        "--upstream-datadog-config",
+    ))]
+    pub ca_file: Option<PathBuf>,
 
     /// Relay: the name the upstream's certificate must be valid for.
     #[arg(
         long = "upstream-server-name",
         env = "REMOTE_TAGGER_UPSTREAM_SERVER_NAME",
         default_value = "localhost",
-        requires = "upstream"
+        requires = "relay"
     )]
     pub server_name: String,
 }
@@ -194,13 +223,14 @@ pub struct UpstreamArgs {
 impl UpstreamArgs {
     /// The client configuration of the relay, if relaying.
     pub fn client_config(&self) -> Result<Option<ClientConfig>, String> {
-        let Some(target) = &self.target else {
+        if self.target.is_none() && self.datadog_config.is_none() {
             return Ok(None);
-        };
+        }
         let connect = ConnectArgs {
-            target: target.clone(),
+            target: self.target.clone(),
             auth_token_file: self.auth_token_file.clone(),
             ca_file: self.ca_file.clone(),
+            datadog_config: self.datadog_config.clone(),
             server_name: self.server_name.clone(),
             client_cert_file: None,
             insecure_skip_verify: false,
@@ -209,7 +239,7 @@ impl UpstreamArgs {
         connect
             .client_config(None)
             .map(Some)
-            .map_err(|e| format!("--upstream-ca-file: {e}"))
+            .map_err(|e| format!("upstream: {e}"))
     }
 }
 
@@ -247,18 +277,36 @@ pub struct DemoArgs {
 /// How to reach and authenticate to a tagger server.
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
-    /// Address of the tagger server, HOST:PORT.
-    #[arg(long, env = "REMOTE_TAGGER_TARGET", default_value = defaults::TARGET)]
-    pub target: String,
+    /// Address of the tagger server, HOST:PORT [default: 127.0.0.1:5001, or
+    /// the Agent's cmd_host:cmd_port with --datadog-config].
+    #[arg(long, env = "REMOTE_TAGGER_TARGET")]
+    pub target: Option<String>,
 
-    /// File holding the bearer token (64 hex characters; a Datadog Agent's `auth_token`).
-    #[arg(long, env = "REMOTE_TAGGER_AUTH_TOKEN_FILE", default_value_os_t = defaults::auth_token_file())]
-    pub auth_token_file: PathBuf,
+    #[arg(long, env = "REMOTE_TAGGER_AUTH_TOKEN_FILE", help = default_help(
+        "File holding the bearer token (64 hex characters; a Datadog Agent's `auth_token`)",
+        &defaults::auth_token_file(),
+        "auth_token_file_path",
+        "--datadog-config",
+    ))]
+    pub auth_token_file: Option<PathBuf>,
 
-    /// PEM file the server's certificate is verified against (a Datadog Agent's
-    /// or our server's `ipc_cert.pem` works as its own CA).
-    #[arg(long, env = "REMOTE_TAGGER_CA_FILE", default_value_os_t = defaults::cert_file())]
-    pub ca_file: PathBuf,
+    #[arg(long, env = "REMOTE_TAGGER_CA_FILE", help = default_help(
+        "PEM file the server's certificate is verified against (a Datadog Agent's \
+         or our server's `ipc_cert.pem` works as its own CA)",
+        &defaults::cert_file(),
+        "ipc_cert_file_path",
+        "--datadog-config",
+    ))]
+    pub ca_file: Option<PathBuf>,
+
+    /// Take the three flags above from a Datadog Agent's datadog.yaml (or
+    /// its folder) as the Agent does: cmd_host, cmd_port,
+    /// auth_token_file_path and ipc_cert_file_path with its defaults, each
+    /// overridden by its variable (DD_CMD_HOST, DD_CMD_PORT,
+    /// DD_AUTH_TOKEN_FILE_PATH, DD_IPC_CERT_FILE_PATH). Flags still win;
+    /// DD_* variables count only with this flag.
+    #[arg(long, env = "REMOTE_TAGGER_DATADOG_CONFIG", value_name = "PATH")]
+    pub datadog_config: Option<PathBuf>,
 
     /// Name the server's certificate must be valid for.
     #[arg(long, env = "REMOTE_TAGGER_SERVER_NAME", default_value = "localhost")]
@@ -282,6 +330,17 @@ pub struct ConnectArgs {
     /// Only against a server started with --insecure-plaintext (tests).
     #[arg(long, env = "REMOTE_TAGGER_INSECURE_PLAINTEXT")]
     pub insecure_plaintext: bool,
+}
+
+/// A flag's help with its two defaults: the file `serve` shares, or the
+/// Agent's `key` with `config_flag`. clap prints a default only for
+/// values it fills in itself, and these stay unset to tell a given flag from
+/// a default.
+fn default_help(text: &str, default: &Path, key: &str, config_flag: &str) -> String {
+    format!(
+        "{text} [default: {}, or the Agent's {key} with {config_flag}]",
+        default.display()
+    )
 }
 
 /// What to mirror.
@@ -417,21 +476,51 @@ impl MetricsArgs {
 }
 
 impl ConnectArgs {
+    /// Target, token file and CA file: each flag (or its REMOTE_TAGGER_*
+    /// variable) if given, else the Agent's with --datadog-config, else the
+    /// defaults `serve` shares.
+    pub fn endpoint(&self) -> Result<AgentEndpoint, String> {
+        let fallback = match &self.datadog_config {
+            Some(path) => AgentEndpoint::from_datadog_config(path).map_err(|e| e.to_string())?,
+            None => AgentEndpoint {
+                target: defaults::TARGET.to_owned(),
+                auth_token_file: defaults::auth_token_file(),
+                ipc_cert_file: defaults::cert_file(),
+            },
+        };
+        Ok(AgentEndpoint {
+            target: self.target.clone().unwrap_or(fallback.target),
+            auth_token_file: self
+                .auth_token_file
+                .clone()
+                .unwrap_or(fallback.auth_token_file),
+            ipc_cert_file: self.ca_file.clone().unwrap_or(fallback.ipc_cert_file),
+        })
+    }
+
     /// The client configuration these flags describe; fails with a hint when
     /// the CA file is missing (the usual first-run mistake).
     pub fn client_config(
         &self,
         subscription: Option<&SubscriptionArgs>,
     ) -> Result<ClientConfig, String> {
+        let endpoint = self.endpoint()?;
         let verifying = !self.insecure_plaintext && !self.insecure_skip_verify;
-        if verifying && !self.ca_file.exists() {
+        if verifying && !endpoint.ipc_cert_file.exists() {
+            let origin = match (&self.ca_file, &self.datadog_config) {
+                (None, Some(config)) => format!(
+                    " (the Agent's ipc_cert_file_path by --datadog-config {})",
+                    config.display()
+                ),
+                _ => String::new(),
+            };
             return Err(format!(
-                "CA file {} does not exist: point --ca-file at the server's certificate \
+                "CA file {}{origin} does not exist: point --ca-file at the server's certificate \
                  (a Datadog Agent's ipc_cert.pem, or the --cert-file that `remote-tagger serve` creates)",
-                self.ca_file.display()
+                endpoint.ipc_cert_file.display()
             ));
         }
-        let mut config = ClientConfig::new(self.target.clone(), self.auth_token_file.clone());
+        let mut config = ClientConfig::new(endpoint.target, endpoint.auth_token_file);
         let mode = if self.insecure_plaintext {
             eprintln!(
                 "remote-tagger: WARNING: --insecure-plaintext: no TLS, the token travels in clear text"
@@ -444,7 +533,7 @@ impl ConnectArgs {
             TlsMode::InsecureSkipVerify
         } else {
             TlsMode::Verify {
-                ca_file: self.ca_file.clone(),
+                ca_file: endpoint.ipc_cert_file,
             }
         };
         config.tls = TlsSettings {
@@ -567,5 +656,112 @@ mod tests {
         assert!(parse(&["--entities", "e.json", "--source", "host"]).is_err());
         assert!(parse(&["--upstream", "127.0.0.1:5001", "--source", "host"]).is_err());
         assert!(parse(&["--upstream-ca-file", "ca.pem"]).is_err());
+        assert!(parse(&["--upstream-datadog-config", "datadog.yaml"]).is_ok());
+        assert!(
+            parse(&[
+                "--upstream-datadog-config",
+                "datadog.yaml",
+                "--upstream-ca-file",
+                "ca.pem"
+            ])
+            .is_ok()
+        );
+        assert!(parse(&["--upstream-datadog-config", "d.yaml", "--source", "host"]).is_err());
+        assert!(
+            parse(&[
+                "--upstream-datadog-config",
+                "d.yaml",
+                "--entities",
+                "e.json"
+            ])
+            .is_err()
+        );
+    }
+
+    fn list_endpoint(args: &[&str]) -> Result<AgentEndpoint, String> {
+        let cli = Cli::try_parse_from([&["remote-tagger", "list"], args].concat()).unwrap();
+        let Command::List(list) = cli.command else {
+            panic!("parsed as list");
+        };
+        list.connect.endpoint()
+    }
+
+    #[test]
+    fn flags_win_over_the_datadog_config_which_wins_over_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("datadog.yaml");
+        std::fs::write(&config, "cmd_port: 6001\n").unwrap();
+        let config = config.to_str().unwrap();
+        let agent = AgentEndpoint {
+            target: "localhost:6001".to_owned(),
+            auth_token_file: dir.path().join("auth_token"),
+            ipc_cert_file: dir.path().join("ipc_cert.pem"),
+        };
+        assert_eq!(list_endpoint(&["--datadog-config", config]).unwrap(), agent);
+        assert_eq!(
+            list_endpoint(&["--datadog-config", config, "--target", "127.0.0.1:7001"]).unwrap(),
+            AgentEndpoint {
+                target: "127.0.0.1:7001".to_owned(),
+                ..agent.clone()
+            }
+        );
+        assert_eq!(
+            list_endpoint(&["--datadog-config", config, "--auth-token-file", "/t"]).unwrap(),
+            AgentEndpoint {
+                auth_token_file: "/t".into(),
+                ..agent.clone()
+            }
+        );
+        assert_eq!(
+            list_endpoint(&["--datadog-config", config, "--ca-file", "/c.pem"]).unwrap(),
+            AgentEndpoint {
+                ipc_cert_file: "/c.pem".into(),
+                ..agent.clone()
+            }
+        );
+        assert_eq!(
+            list_endpoint(&[]).unwrap(),
+            AgentEndpoint {
+                target: defaults::TARGET.to_owned(),
+                auth_token_file: defaults::auth_token_file(),
+                ipc_cert_file: defaults::cert_file(),
+            }
+        );
+        // The relay's upstream resolves the same way, under its own flags.
+        std::fs::write(dir.path().join("ipc_cert.pem"), "").unwrap();
+        let serve = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["remote-tagger", "serve"], args].concat()).unwrap();
+            let Command::Serve(serve) = cli.command else {
+                panic!("parsed as serve");
+            };
+            serve.upstream.client_config().unwrap().unwrap()
+        };
+        let relayed = serve(&["--upstream-datadog-config", config]);
+        assert_eq!(relayed.target, "localhost:6001");
+        assert_eq!(relayed.auth_token_file, dir.path().join("auth_token"));
+        assert_eq!(
+            relayed.tls.mode,
+            TlsMode::Verify {
+                ca_file: dir.path().join("ipc_cert.pem")
+            }
+        );
+        let relayed = serve(&[
+            "--upstream-datadog-config",
+            config,
+            "--upstream",
+            "127.0.0.1:7001",
+            "--upstream-auth-token-file",
+            "/t",
+        ]);
+        assert_eq!(relayed.target, "127.0.0.1:7001");
+        assert_eq!(relayed.auth_token_file, PathBuf::from("/t"));
+
+        let broken = dir.path().join("broken.yaml");
+        std::fs::write(&broken, "cmd_port: [\n").unwrap();
+        let error = list_endpoint(&["--datadog-config", broken.to_str().unwrap()]).unwrap_err();
+        assert!(
+            error.contains("broken.yaml is not valid YAML: line 2"),
+            "{error}"
+        );
     }
 }
