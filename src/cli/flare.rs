@@ -128,6 +128,7 @@ fn effective_config(
         "ca_file": path(&connect.ca_file),
         "server_name": connect.server_name,
         "client_cert_file": connect.client_cert_file.as_deref().map(path),
+        "no_client_cert": connect.no_client_cert,
         "insecure_skip_verify": connect.insecure_skip_verify,
         "insecure_plaintext": connect.insecure_plaintext,
         "cardinality": args.subscription.cardinality.as_str(),
