@@ -1,6 +1,6 @@
 //! The tagger server over real loopback sockets, driven by the generated
-//! tonic client over TLS (the generated certificate as CA), as a Datadog
-//! remote tagger would talk to it.
+//! tonic client over TLS set up as Datadog's Rust client sets it up (the
+//! generated certificate pinned, its pair as the client certificate).
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use remote_tagger::server::{
     TaggerService, serve_incoming,
 };
 use tokio::sync::oneshot;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Streaming};
 
 /// The raw generated tonic client against a test server, as a Datadog
@@ -31,17 +31,7 @@ trait RawClient {
 
 impl RawClient for TestServer {
     async fn channel(&self) -> Channel {
-        let ca = std::fs::read(self.cert_path()).unwrap();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca))
-            .domain_name("localhost");
-        Endpoint::from_shared(format!("https://{}", self.addr))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        common::datadog_client::pinned_channel(self.addr, &self.cert_path()).await
     }
 
     async fn client(&self) -> AgentSecureClient<Channel> {

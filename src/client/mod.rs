@@ -28,7 +28,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-pub use transport::{BoxFuture, Dialer, Io, TcpDialer, TlsMode, TlsSettings};
+pub use transport::{BoxFuture, ClientCertificate, Dialer, Io, TcpDialer, TlsMode, TlsSettings};
 
 use crate::core::{BackoffConfig, ClientTelemetry, ConnectionState, CoreConfig, Event};
 use crate::domain::{Cardinality, EntityId};

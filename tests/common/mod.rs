@@ -2,7 +2,9 @@
 //! loopback port with its token and certificate in a temporary directory.
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod agent_tls;
 pub mod children;
+pub mod datadog_client;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
