@@ -255,6 +255,12 @@ impl Drop for StallingRelay {
     }
 }
 
+fn write_token(dir: &std::path::Path) -> std::path::PathBuf {
+    let token_file = dir.join("auth_token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    token_file
+}
+
 fn our_client(target: SocketAddr, token_file: &std::path::Path) -> ClientConfig {
     let mut config = ClientConfig::new(target.to_string(), token_file);
     config.tls.mode = TlsMode::InsecurePlaintext;
@@ -289,8 +295,7 @@ fn assert_backs_off(retry_in: Duration) {
 #[tokio::test]
 async fn our_client_backs_off_after_an_eviction_then_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("auth_token");
-    std::fs::write(&token_file, TOKEN).unwrap();
+    let token_file = write_token(dir.path());
     let server = PlainServer::start(ServiceConfig {
         subscriber_buffer: 2,
         ..ServiceConfig::default()
@@ -348,8 +353,7 @@ async fn our_client_backs_off_after_an_eviction_then_resumes() {
 #[tokio::test]
 async fn our_client_backs_off_after_a_shutdown_then_resyncs_with_the_next_server() {
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("auth_token");
-    std::fs::write(&token_file, TOKEN).unwrap();
+    let token_file = write_token(dir.path());
     let server = PlainServer::start(ServiceConfig::default()).await;
     let addr = server.addr;
     server
