@@ -228,7 +228,7 @@ pub(crate) async fn connect(
         .connect_timeout(config.connect_timeout)
         .http2_keep_alive_interval(config.http2_keepalive_interval)
         .keep_alive_timeout(config.http2_keepalive_timeout)
-        .keep_alive_while_idle(true)
+        .keep_alive_while_idle(config.http2_keepalive_while_idle)
         .max_frame_size(MAX_FRAME_SIZE);
     let channel = endpoint
         .connect_with_connector(connector)

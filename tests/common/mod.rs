@@ -87,6 +87,20 @@ impl TestServer {
     }
 }
 
+/// Enough data that a client which never reads blocks the server's sends
+/// (well past the HTTP/2 flow-control windows).
+pub fn fill_with_bulk(store: &StoreHandle, megabytes: usize) {
+    let tag = "b".repeat(64 * 1024);
+    store.apply((0..megabytes * 16).map(|i| {
+        remote_tagger::domain::EntityEvent::Added(entity(
+            &format!("process://bulk{i}"),
+            &[],
+            &[],
+            &[&tag],
+        ))
+    }));
+}
+
 pub fn entity(id: &str, low: &[&str], orchestrator: &[&str], high: &[&str]) -> Entity {
     let tags = |list: &[&str]| list.iter().map(|t| t.to_string()).collect();
     Entity {
