@@ -9,8 +9,11 @@ use std::sync::Arc;
 
 use crate::proto::model as pb;
 
-/// Entity-ID prefixes the Datadog Agent knows. Events for any other prefix are
-/// skipped (the Go client panics on them; we count and move on).
+/// Entity-ID prefixes the Datadog Agent knows, in the order its
+/// `EntityIDPrefix` constants are declared in DataDog/datadog-agent
+/// `comp/core/tagger/types/entity_id.go` (commit 8e877fa3ba32, late 2026).
+/// Entities of any other well-formed prefix are kept too (a newer Agent
+/// adds prefixes over time): see [`EntityId::has_known_prefix`].
 pub const KNOWN_PREFIXES: &[&str] = &[
     "container_id",
     "container_image_metadata",
@@ -18,11 +21,29 @@ pub const KNOWN_PREFIXES: &[&str] = &[
     "host",
     "deployment",
     "kubernetes_metadata",
+    "kubernetes_node",
+    "kubernetes_kueue_queue",
+    "kueue_resource_flavor",
+    "kueue_workload",
+    "kubernetes_resource_claim",
+    "kubernetes_resource_slice",
+    "kubernetes_capabilities",
     "kubernetes_pod_uid",
     "process",
     "internal",
     "gpu",
+    "kubelet",
+    "crd",
 ];
+
+/// The prefix index of an id whose prefix is not in [`KNOWN_PREFIXES`].
+pub const OTHER_PREFIX: u8 = {
+    assert!(
+        KNOWN_PREFIXES.len() < 127,
+        "prefix indexes and ranks fit a byte"
+    );
+    KNOWN_PREFIXES.len() as u8
+};
 
 /// Separator between prefix and uid in the text form of an [`EntityId`].
 const ID_SEPARATOR: &str = "://";
@@ -38,8 +59,8 @@ pub enum DomainError {
     EmptyPrefix,
     #[error("entity id {0:?} has an empty uid")]
     EmptyUid(String),
-    #[error("entity id prefix {0:?} is not a known prefix")]
-    UnknownPrefix(String),
+    #[error("entity id prefix {0:?} holds the separator \"://\"")]
+    SeparatorInPrefix(String),
     #[error("entity id {0:?} is not of the form prefix://uid")]
     MalformedId(String),
     #[error("unknown event type {0}")]
@@ -60,7 +81,7 @@ impl DomainError {
             Self::MissingEntity => "missing_entity",
             Self::EmptyPrefix => "empty_prefix",
             Self::EmptyUid(_) => "empty_uid",
-            Self::UnknownPrefix(_) => "unknown_prefix",
+            Self::SeparatorInPrefix(_) => "separator_in_prefix",
             Self::MalformedId(_) => "malformed_id",
             Self::UnknownEventType(_) => "unknown_event_type",
             Self::MalformedEvent => "malformed_event",
@@ -137,18 +158,29 @@ pub fn known_prefix_index(prefix: &str) -> Option<u8> {
         "host" => 3,
         "deployment" => 4,
         "kubernetes_metadata" => 5,
-        "kubernetes_pod_uid" => 6,
-        "process" => 7,
-        "internal" => 8,
-        "gpu" => 9,
+        "kubernetes_node" => 6,
+        "kubernetes_kueue_queue" => 7,
+        "kueue_resource_flavor" => 8,
+        "kueue_workload" => 9,
+        "kubernetes_resource_claim" => 10,
+        "kubernetes_resource_slice" => 11,
+        "kubernetes_capabilities" => 12,
+        "kubernetes_pod_uid" => 13,
+        "process" => 14,
+        "internal" => 15,
+        "gpu" => 16,
+        "kubelet" => 17,
+        "crd" => 18,
         _ => return None,
     })
 }
 
-/// An entity's identity, `prefix://uid`, with a known prefix and a non-empty
-/// uid. Cheap to clone (one shared allocation); the prefix's position in
-/// [`KNOWN_PREFIXES`] is kept so splitting never searches and the mirror
-/// gets its key without matching the prefix text.
+/// An entity's identity, `prefix://uid`: a non-empty prefix without the
+/// separator (anything else, so that the text form splits back into the same
+/// parts) and a non-empty uid. Cheap to clone (one shared allocation). The
+/// prefix's position in [`KNOWN_PREFIXES`] (or [`OTHER_PREFIX`]) is kept, so
+/// splitting a known id never searches and the mirror gets its key without
+/// matching the prefix text.
 #[derive(Clone)]
 pub struct EntityId {
     text: Arc<str>,
@@ -197,7 +229,7 @@ impl EntityId {
         })
     }
 
-    /// Parses the text form `prefix://uid`.
+    /// Parses the text form `prefix://uid`; the first separator splits.
     pub fn parse(text: &str) -> Result<Self, DomainError> {
         let (prefix, uid) = text
             .split_once(ID_SEPARATOR)
@@ -209,22 +241,32 @@ impl EntityId {
         })
     }
 
-    /// The prefix's index in [`KNOWN_PREFIXES`], if both parts are valid.
+    /// The prefix's index ([`OTHER_PREFIX`] if it is not a known one), if
+    /// both parts are valid.
     fn validate(prefix: &str, uid: &str) -> Result<u8, DomainError> {
         if prefix.is_empty() {
             return Err(DomainError::EmptyPrefix);
         }
-        let Some(index) = known_prefix_index(prefix) else {
-            return Err(DomainError::UnknownPrefix(prefix.to_owned()));
-        };
         if uid.is_empty() {
             return Err(DomainError::EmptyUid(prefix.to_owned()));
         }
-        Ok(index)
+        if let Some(index) = known_prefix_index(prefix) {
+            return Ok(index);
+        }
+        // Joined, such a prefix would split elsewhere: `a://b` + `c` would
+        // read back as `a` + `b://c`, another entity.
+        if prefix.contains(ID_SEPARATOR) {
+            return Err(DomainError::SeparatorInPrefix(prefix.to_owned()));
+        }
+        Ok(OTHER_PREFIX)
     }
 
     fn prefix_len(&self) -> usize {
-        KNOWN_PREFIXES[usize::from(self.prefix_index)].len()
+        match KNOWN_PREFIXES.get(usize::from(self.prefix_index)) {
+            Some(known) => known.len(),
+            // Valid ids hold the separator, and the prefix holds none.
+            None => self.text.find(ID_SEPARATOR).unwrap_or_default(),
+        }
     }
 
     /// The text form, `prefix://uid`.
@@ -232,28 +274,43 @@ impl EntityId {
         &self.text
     }
 
-    pub fn prefix(&self) -> &'static str {
-        KNOWN_PREFIXES[usize::from(self.prefix_index)]
+    pub fn prefix(&self) -> &str {
+        &self.text[..self.prefix_len()]
     }
 
     pub fn uid(&self) -> &str {
         &self.text[self.prefix_len() + ID_SEPARATOR.len()..]
     }
 
-    /// The position of the prefix in [`KNOWN_PREFIXES`].
+    /// The position of the prefix in [`KNOWN_PREFIXES`], or [`OTHER_PREFIX`].
     pub fn prefix_index(&self) -> u8 {
         self.prefix_index
     }
 
-    /// Splits the text form `prefix://uid` into the position of its prefix
-    /// in [`KNOWN_PREFIXES`] and its uid, without allocating; `None` if it
-    /// is not a valid id.
-    pub fn split_known(text: &str) -> Option<(u8, &str)> {
+    /// Whether the prefix is one of [`KNOWN_PREFIXES`]. Any other prefix is
+    /// one a newer Agent added: its entities are stored, queried and served
+    /// like the others, and counted (`tagger_unknown_prefix_entities`).
+    pub fn has_known_prefix(&self) -> bool {
+        self.prefix_index != OTHER_PREFIX
+    }
+
+    /// Splits the text form `prefix://uid` into the index of its prefix
+    /// ([`OTHER_PREFIX`] if it is not a known one) and its uid, without
+    /// allocating; `None` if it is not a valid id. Agrees with
+    /// [`parse`](Self::parse).
+    pub fn split(text: &str) -> Option<(u8, &str)> {
         // A byte search, not `split_once`: this runs for every query, and a
         // known prefix has no ':' of its own.
         let colon = text.bytes().position(|byte| byte == b':')?;
-        let index = known_prefix_index(&text[..colon])?;
-        let uid = text[colon..].strip_prefix(ID_SEPARATOR)?;
+        let (index, uid) = match text[colon..].strip_prefix(ID_SEPARATOR) {
+            Some(uid) if colon > 0 => {
+                let prefix = &text[..colon];
+                (known_prefix_index(prefix).unwrap_or(OTHER_PREFIX), uid)
+            }
+            Some(_) => return None,
+            // The prefix holds a ':' of its own, so it is not a known one.
+            None => (OTHER_PREFIX, text.split_once(ID_SEPARATOR)?.1),
+        };
         (!uid.is_empty()).then_some((index, uid))
     }
 
@@ -480,23 +537,28 @@ mod tests {
     fn prefix_indexes_are_positions_in_known_prefixes_and_none_prefixes_another() {
         for (position, prefix) in KNOWN_PREFIXES.iter().enumerate() {
             assert_eq!(known_prefix_index(prefix), Some(position as u8));
-            // The mirror orders ids by (prefix, uid), which is their text
-            // order only while no prefix starts another.
+            // The mirror orders ids of known prefixes by (prefix, uid), which
+            // is their text order only while no prefix starts another.
             for other in KNOWN_PREFIXES.iter().filter(|other| *other != prefix) {
                 assert!(!other.starts_with(prefix), "{other} starts with {prefix}");
             }
+            assert!(!prefix.contains(':'), "split() relies on it: {prefix}");
         }
         assert_eq!(known_prefix_index("unknown"), None);
-        assert_eq!(EntityId::split_known("process://12"), Some((7, "12")));
-        assert_eq!(EntityId::split_known("process://"), None);
-        assert_eq!(EntityId::split_known("nope://12"), None);
-        assert_eq!(EntityId::split_known("process:12"), None);
+        assert_eq!(EntityId::split("process://12"), Some((14, "12")));
+        assert_eq!(EntityId::split("process://"), None);
+        assert_eq!(EntityId::split("process:12"), None);
+        assert_eq!(EntityId::split("://12"), None);
+        assert_eq!(EntityId::split("nope://12"), Some((OTHER_PREFIX, "12")));
+        assert_eq!(EntityId::split("a:b://c"), Some((OTHER_PREFIX, "c")));
+        assert_eq!(EntityId::split("process:x://y"), Some((OTHER_PREFIX, "y")));
     }
 
     #[test]
     fn entity_id_round_trips_and_rejects_malformed() {
         let id = EntityId::parse("container_id://abc").unwrap();
         assert_eq!((id.prefix(), id.uid()), ("container_id", "abc"));
+        assert!(id.has_known_prefix());
         assert_eq!(EntityId::from_proto(&id.to_proto()).unwrap(), id);
         assert_eq!(EntityId::new("", "x"), Err(DomainError::EmptyPrefix));
         assert_eq!(
@@ -504,8 +566,12 @@ mod tests {
             Err(DomainError::EmptyUid("process".into()))
         );
         assert_eq!(
-            EntityId::new("pod", "x"),
-            Err(DomainError::UnknownPrefix("pod".into()))
+            EntityId::parse("pod://"),
+            Err(DomainError::EmptyUid("pod".into()))
+        );
+        assert_eq!(
+            EntityId::new("a://b", "c"),
+            Err(DomainError::SeparatorInPrefix("a://b".into()))
         );
         assert_eq!(
             EntityId::parse("process:12"),
@@ -513,11 +579,43 @@ mod tests {
         );
         // A uid may itself hold the separator: only the first one splits.
         assert_eq!(EntityId::parse("host://a://b").unwrap().uid(), "a://b");
-        for prefix in KNOWN_PREFIXES {
-            assert!(
-                known_prefix_index(prefix).is_some(),
-                "{prefix} is in both lists"
+    }
+
+    #[test]
+    fn ids_of_prefixes_outside_the_table_are_kept_whole() {
+        for (prefix, uid) in [
+            ("kubernetes_future_thing", "ns/name"),
+            ("pod", "x://y"),
+            ("a:b", "c"),
+            ("a:", "/c"),
+            ("é", "ü"),
+            ("host ", "x"),
+        ] {
+            let id = EntityId::new(prefix, uid).unwrap();
+            assert_eq!(id.as_str(), format!("{prefix}://{uid}"));
+            assert_eq!((id.prefix(), id.uid()), (prefix, uid), "{id:?}");
+            assert!(!id.has_known_prefix());
+            assert_eq!(id.prefix_index(), OTHER_PREFIX);
+            assert_eq!(EntityId::parse(id.as_str()), Ok(id.clone()));
+            assert_eq!(EntityId::from_proto(&id.to_proto()), Ok(id.clone()));
+            assert_eq!(EntityId::split(id.as_str()), Some((OTHER_PREFIX, uid)));
+        }
+    }
+
+    proptest::proptest! {
+        /// `split` (the mirror's allocation-free path) and `parse` agree on
+        /// what is an id and on its parts, whatever the text.
+        #[test]
+        fn split_agrees_with_parse(text in "[a-c:/_é]{0,12}") {
+            let parsed = EntityId::parse(&text);
+            let split = EntityId::split(&text);
+            proptest::prop_assert_eq!(
+                split,
+                parsed.as_ref().ok().map(|id| (id.prefix_index(), id.uid()))
             );
+            if let Ok(id) = parsed {
+                proptest::prop_assert_eq!(EntityId::new(id.prefix(), id.uid()), Ok(id.clone()));
+            }
         }
     }
 

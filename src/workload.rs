@@ -663,9 +663,9 @@ fn global_entity() -> Entity {
     global
 }
 
-/// Builds an id from parts this module generates (known prefix, non-empty uid).
+/// Builds an id from parts this module generates (valid prefix, non-empty uid).
 fn entity_id(prefix: &str, uid: &str) -> EntityId {
-    EntityId::new(prefix, uid).expect("generated ids have a known prefix and a non-empty uid")
+    EntityId::new(prefix, uid).expect("generated ids have a valid prefix and a non-empty uid")
 }
 
 /// A uniform index in `0..len`; `len` must be non-zero.

@@ -298,3 +298,87 @@ fn the_token_appears_in_no_log_metric_or_error_even_at_trace_level() {
         );
     }
 }
+
+/// `list --json` until it prints `expected` (a relay fills its store after
+/// it starts serving), or the last answer after 30 s.
+fn list_json_until(home: &Path, args: &[&str], expected: &serde_json::Value) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = client(home, &[&["list", "--json"], args].concat());
+        assert!(
+            listed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        if json == *expected || std::time::Instant::now() > deadline {
+            return json;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// wire-spec section 1: entities of a newer Agent's prefixes, and of one no
+/// table has yet, go from the entities file through `serve` and a relay to
+/// `list --json`. The default subscription (the whole table, sent
+/// explicitly) never gets the invented prefix; `--prefix` names it.
+#[test]
+fn newer_agent_prefixes_round_trip_from_the_entities_file_through_a_relay_to_list_json() {
+    let home = tempfile::tempdir().unwrap();
+    let entities = home.path().join("entities.json");
+    std::fs::write(
+        &entities,
+        r#"[{"id": "kubernetes_node://node-1", "low": ["kube_node:node-1"]},
+            {"id": "kueue_workload://ns/job", "low": ["kueue_queue:q"]},
+            {"id": "crd://datadogmetrics.datadoghq.com", "low": ["crd_kind:DatadogMetric"]},
+            {"id": "kubernetes_resource_claim://ns/gpu", "low": ["claim:gpu"]},
+            {"id": "kubernetes_future_thing://ns/a", "low": ["future:a"], "high": ["uid:a"]}]"#,
+    )
+    .unwrap();
+    let origin = Serving::start(home.path(), &["--entities", entities.to_str().unwrap()]);
+    let relay = Serving::start(
+        home.path(),
+        &[
+            "--upstream",
+            &origin.address,
+            "--upstream-extra-prefix",
+            "kubernetes_future_thing",
+        ],
+    );
+    let tags = |tags: &[&str]| serde_json::json!({"tags": {"remote": tags}});
+    let table = serde_json::json!({"entities": {
+        "crd://datadogmetrics.datadoghq.com": tags(&["crd_kind:DatadogMetric"]),
+        "kubernetes_node://node-1": tags(&["kube_node:node-1"]),
+        "kubernetes_resource_claim://ns/gpu": tags(&["claim:gpu"]),
+        "kueue_workload://ns/job": tags(&["kueue_queue:q"]),
+    }});
+    let named = serde_json::json!({"entities": {
+        "kubernetes_future_thing://ns/a": tags(&["future:a", "uid:a"]),
+        "kubernetes_node://node-1": tags(&["kube_node:node-1"]),
+    }});
+    for server in [&origin, &relay] {
+        let target = ["--target", server.address.as_str()];
+        assert_eq!(list_json_until(home.path(), &target, &table), table);
+        let with_prefixes = [
+            &target[..],
+            &[
+                "--prefix",
+                "kubernetes_future_thing",
+                "--prefix",
+                "kubernetes_node",
+            ],
+        ]
+        .concat();
+        assert_eq!(list_json_until(home.path(), &with_prefixes, &named), named);
+        let got = client(
+            home.path(),
+            &[&["get", "kubernetes_future_thing://ns/a"], &target[..]].concat(),
+        );
+        assert!(
+            got.status.success(),
+            "{}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&got.stdout), "future:a\nuid:a\n");
+    }
+}

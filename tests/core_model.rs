@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use proptest::prelude::*;
 use remote_tagger::domain::Cardinality;
-use remote_tagger::harness::{self, CONVERGE_STEPS, HarnessConfig, NetworkConfig, Op};
+use remote_tagger::harness::{
+    self, CONVERGE_STEPS, HARNESS_PREFIXES, HarnessConfig, NetworkConfig, Op,
+};
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
@@ -36,20 +38,31 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn config() -> impl Strategy<Value = HarnessConfig> {
+    let all_prefixes: Vec<usize> = (0..HARNESS_PREFIXES.len()).collect();
     (
         any::<u64>(),
         prop::sample::select(Cardinality::ALL.to_vec()),
-        prop::sample::subsequence(vec![0usize, 1, 2], 1..=3),
+        prop::sample::subsequence(all_prefixes, 1..=HARNESS_PREFIXES.len()),
         prop::bool::weighted(0.8),
+        prop::bool::weighted(0.2),
         1usize..5,
         1usize..10,
     )
         .prop_map(
-            |(seed, cardinality, prefixes, extensions, chunk_events, log_capacity)| HarnessConfig {
+            |(
                 seed,
                 cardinality,
                 prefixes,
                 extensions,
+                server_ignores_prefixes,
+                chunk_events,
+                log_capacity,
+            )| HarnessConfig {
+                seed,
+                cardinality,
+                prefixes,
+                extensions,
+                server_ignores_prefixes,
                 chunk_events,
                 log_capacity,
                 network: NetworkConfig::default(),

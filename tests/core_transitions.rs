@@ -438,6 +438,46 @@ fn stale_ids_change_nothing() {
     assert_eq!(client.core.telemetry().receives, 0);
 }
 
+/// wire-spec section 1: a prefix outside the table (a newer Agent's) is
+/// kept whether requested or not; a known prefix that was not requested is
+/// the server breaking the filter, and is rejected.
+#[test]
+fn prefixes_outside_the_table_are_kept_and_unrequested_known_ones_rejected() {
+    let mut config = CoreConfig::new("test:1", 1);
+    config.prefixes = vec!["process".into(), "kubernetes_future_thing".into()];
+    let (mut client, commands) = Client::new(config);
+    let id = open_id(&commands[0]);
+    let Command::OpenStream { request, .. } = &commands[0] else {
+        unreachable!("open_id checked it")
+    };
+    assert_eq!(request.prefixes, ["process", "kubernetes_future_thing"]);
+    client.respond(
+        id,
+        plain(vec![
+            added("kubernetes_future_thing://ns/a", &["a"]),
+            added("kueue_workload://ns/job", &["b"]),
+            added("other_new_thing://x", &["c"]),
+            added("process://1", &["d"]),
+        ]),
+    );
+    assert_eq!(
+        client.mirror_ids(),
+        [
+            "kubernetes_future_thing://ns/a",
+            "other_new_thing://x",
+            "process://1"
+        ]
+    );
+    let mirror = client.core.mirror();
+    assert_eq!(mirror.tags("other_new_thing://x", Cardinality::Low), ["c"]);
+    assert_eq!(mirror.unknown_prefix_entities(), 2);
+    let rejected = &client.core.telemetry().rejected_events;
+    assert_eq!(rejected.get("unrequested_prefix"), Some(&1), "{rejected:?}");
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    client.respond(id, plain(vec![deleted("other_new_thing://x")]));
+    assert_eq!(client.core.mirror().unknown_prefix_entities(), 1);
+}
+
 #[test]
 fn malformed_and_unrequested_events_are_skipped_and_counted() {
     let mut config = CoreConfig::new("test:1", 1);
@@ -453,11 +493,11 @@ fn malformed_and_unrequested_events_are_skipped_and_counted() {
         r#type: 5,
         ..added("process://9", &["x"])
     };
-    let unknown_prefix = pb::StreamTagsEvent {
+    let separator_in_prefix = pb::StreamTagsEvent {
         r#type: 0,
         entity: Some(pb::Entity {
             id: Some(pb::EntityId {
-                prefix: "pod".into(),
+                prefix: "pod://x".into(),
                 uid: "1".into(),
             }),
             ..Default::default()
@@ -466,7 +506,7 @@ fn malformed_and_unrequested_events_are_skipped_and_counted() {
     let events = vec![
         missing_id,
         unknown_type,
-        unknown_prefix,
+        separator_in_prefix,
         added("container_id://c", &["y"]),
         added("process://1", &["a"]),
     ];
@@ -480,7 +520,7 @@ fn malformed_and_unrequested_events_are_skipped_and_counted() {
     let rejected = &client.core.telemetry().rejected_events;
     assert_eq!(rejected.get("missing_id"), Some(&1));
     assert_eq!(rejected.get("unknown_event_type"), Some(&1));
-    assert_eq!(rejected.get("unknown_prefix"), Some(&1));
+    assert_eq!(rejected.get("separator_in_prefix"), Some(&1));
     assert_eq!(rejected.get("unrequested_prefix"), Some(&1));
 }
 

@@ -150,6 +150,9 @@ fn decode_response_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let pod = entity("kubernetes_pod_uid", "p1", "a");
     let container = entity("container_id", "c1", "b");
     let process = entity("process", "42", "c");
+    let future = entity("kubernetes_future_thing", "ns/f1", "d");
+    let odd_prefix = entity("a:b", "u", "e");
+    let node = entity("kubernetes_node", "n1", "f");
     let malformed = |r#type: i32, id: Option<(&str, &str)>| pb::StreamTagsEvent {
         r#type,
         entity: Some(pb::Entity {
@@ -200,11 +203,23 @@ fn decode_response_seeds() -> Vec<(&'static str, Vec<u8>)> {
                     malformed(0, None),
                     malformed(1, Some(("", "x"))),
                     malformed(0, Some(("process", ""))),
-                    malformed(2, Some(("pod", "x"))),
+                    malformed(2, Some(("a://b", "x"))),
                     malformed(7, Some(("process", "1"))),
                     added(&pod),
                     added(&process),
                 ])],
+            ),
+        ),
+        (
+            // Outside the table: kept whether requested or not; a known
+            // prefix not requested is still rejected.
+            "newer-agent-prefixes",
+            frames(
+                LOW_TWO_PREFIXES,
+                &[
+                    plain(vec![added(&future), added(&node), added(&process)]),
+                    plain(vec![added(&odd_prefix), deleted(&future)]),
+                ],
             ),
         ),
     ]

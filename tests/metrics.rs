@@ -95,6 +95,14 @@ async fn server_and_client_metrics_are_exposed_and_move_with_activity() {
         },
         ..TlsSettings::default()
     };
+    // And a prefix outside the table, which it is sent only by name.
+    config.prefixes = [
+        "container_id",
+        "kubernetes_pod_uid",
+        "kubernetes_future_thing",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     let tagger = RemoteTagger::start(config).unwrap();
     let client_metrics = MetricsEndpoint::spawn(any_port(), metrics::client_registry(&tagger))
         .await
@@ -119,6 +127,7 @@ async fn server_and_client_metrics_are_exposed_and_move_with_activity() {
         ),
         1.0
     );
+    assert_eq!(value(&client_before, "tagger_unknown_prefix_entities"), 0.0);
     assert!(client_before.contains("# TYPE tagger_client_rejected_events_total counter"));
     assert!(client_before.contains("remote_tagger_build_info{version="));
     let query = r#"tagger_queries_total{cardinality="high",status="success"}"#;
@@ -133,6 +142,13 @@ async fn server_and_client_metrics_are_exposed_and_move_with_activity() {
         1.0
     );
     assert_eq!(value(&server_before, "tagger_server_store_entities"), 1.0);
+    assert_eq!(
+        value(
+            &server_before,
+            "tagger_server_store_unknown_prefix_entities"
+        ),
+        0.0
+    );
     for series in [
         "tagger_server_stream_errors_total",
         r#"tagger_events_total{cardinality="low"}"#,
@@ -169,19 +185,28 @@ async fn server_and_client_metrics_are_exposed_and_move_with_activity() {
             .tags("container_id://unknown", Cardinality::Low)
             .is_empty()
     );
-    server.store.apply([EntityEvent::Added(entity(
-        "kubernetes_pod_uid://second",
-        &["env:prod"],
-        &[],
-        &[],
-    ))]);
+    server.store.apply([
+        EntityEvent::Added(entity(
+            "kubernetes_pod_uid://second",
+            &["env:prod"],
+            &[],
+            &[],
+        )),
+        EntityEvent::Added(entity("kubernetes_future_thing://third", &["a"], &[], &[])),
+    ]);
 
-    let client_after = scrape_until(
-        &client_metrics,
-        r#"tagger_stored_entities{source="remote",prefix="kubernetes_pod_uid"}"#,
-        |count| count == 1.0,
-    )
+    // One batch: both land at once.
+    let client_after = scrape_until(&client_metrics, "tagger_unknown_prefix_entities", |count| {
+        count == 1.0
+    })
     .await;
+    assert_eq!(
+        value(
+            &client_after,
+            r#"tagger_stored_entities{source="remote",prefix="kubernetes_pod_uid"}"#
+        ),
+        1.0
+    );
     assert_eq!(value(&client_after, query), 1.0);
     assert_eq!(value(&client_after, empty_query), 1.0);
     for series in ["tagger_receives_total", "tagger_updated_entities_total"] {
@@ -192,6 +217,10 @@ async fn server_and_client_metrics_are_exposed_and_move_with_activity() {
     }
 
     let server_after = scrape(&server_metrics).await;
+    assert_eq!(
+        value(&server_after, "tagger_server_store_unknown_prefix_entities"),
+        1.0
+    );
     for series in [
         "tagger_sends_total",
         r#"tagger_events_total{cardinality="high"}"#,

@@ -111,10 +111,16 @@ fn assert_matches(reader: &MirrorReader, reference: &Reference, ids: &[EntityId]
     assert_eq!(reader.len(), reference.len());
     assert_eq!(reader.is_empty(), reference.is_empty());
     let mut by_prefix = BTreeMap::new();
+    let mut unknown_prefix = 0;
     for id in reference.keys() {
-        *by_prefix.entry(id.prefix().to_owned()).or_insert(0) += 1;
+        if id.has_known_prefix() {
+            *by_prefix.entry(id.prefix().to_owned()).or_insert(0) += 1;
+        } else {
+            unknown_prefix += 1;
+        }
     }
     assert_eq!(reader.stored_by_prefix(), by_prefix);
+    assert_eq!(reader.unknown_prefix_entities(), unknown_prefix);
 }
 
 #[derive(Debug, Clone)]
@@ -131,12 +137,22 @@ enum Step {
 }
 
 /// A few ids over several prefixes, so batches repeat ids and deletes hit
-/// unknown ones.
+/// unknown ones. Some prefixes are outside the table (a newer Agent's),
+/// placed so that text order interleaves them with known ones: `host-a`
+/// sorts before `host://`, `a:b` holds a ':'.
 fn id_pool() -> Vec<EntityId> {
-    ["container_id", "kubernetes_pod_uid", "process"]
-        .iter()
-        .flat_map(|prefix| (0..4).map(move |uid| EntityId::new(prefix, &uid.to_string()).unwrap()))
-        .collect()
+    [
+        "container_id",
+        "process",
+        "kubernetes_node",
+        "host",
+        "host-a",
+        "kubernetes_future_thing",
+        "a:b",
+    ]
+    .iter()
+    .flat_map(|prefix| (0..3).map(move |uid| EntityId::new(prefix, &uid.to_string()).unwrap()))
+    .collect()
 }
 
 fn tag_list() -> impl Strategy<Value = Vec<String>> {
@@ -263,6 +279,80 @@ fn tags_follow_cardinality_order_without_dedupe() {
 /// `tags_of` looks ids up ahead of the caller: whatever the number of ids
 /// (fewer than its lookahead, or many more), it yields each once, in order,
 /// with what separate lookups return, and counts each as one query.
+/// What a newer Agent sends: prefixes of today's table and one no table has
+/// yet, stored, queried, listed in text order and counted like the others.
+#[test]
+fn entities_of_prefixes_outside_the_table_are_first_class() {
+    let mut writer = MirrorWriter::new();
+    let reader = writer.reader();
+    let texts = [
+        "kubernetes_node://node-1",
+        "kueue_workload://ns/job",
+        "crd://datadogmetrics.datadoghq.com",
+        "kubernetes_resource_claim://ns/gpu-claim",
+        "kubernetes_future_thing://ns/thing",
+        "host-a://x",
+        "host://h",
+    ];
+    let entities: Vec<Entity> = texts
+        .iter()
+        .map(|text| entity(text, &["env:prod"], &[&format!("name:{text}")]))
+        .collect();
+    let added = writer.apply(
+        entities
+            .iter()
+            .cloned()
+            .map(EntityEvent::Added)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(added.len(), texts.len());
+    for entity in &entities {
+        let text = entity.id.as_str();
+        assert_eq!(
+            reader.tags(text, Cardinality::High),
+            entity.tags(Cardinality::High)
+        );
+        assert_eq!(reader.entity(text).as_ref(), Some(entity));
+    }
+    let view = reader.view();
+    let found: Vec<(&str, Vec<String>)> = view
+        .tags_of(texts, Cardinality::Low)
+        .map(|(id, tags)| (id, tags.to_vec()))
+        .collect();
+    assert!(
+        found.iter().all(|(_, tags)| tags == &["env:prod"]),
+        "{found:?}"
+    );
+    drop(view);
+    let mut sorted = texts.to_vec();
+    sorted.sort_unstable();
+    let listed: Vec<String> = reader.list().iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(listed, sorted);
+    assert_eq!(reader.unknown_prefix_entities(), 2);
+    let by_prefix = reader.stored_by_prefix();
+    assert_eq!(by_prefix.values().sum::<u64>(), 5);
+    assert_eq!(by_prefix.get("kubernetes_resource_claim"), Some(&1));
+
+    // A snapshot without the invented prefix deletes it, in id order.
+    let changes = writer.replace_all(entities[..4].to_vec());
+    let deleted: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(
+        deleted,
+        [
+            "host-a://x",
+            "host://h",
+            "kubernetes_future_thing://ns/thing"
+        ]
+    );
+    assert!(changes.iter().all(|c| c.kind == ChangeKind::Deleted));
+    assert_eq!(reader.unknown_prefix_entities(), 0);
+    assert!(
+        reader
+            .tags("kubernetes_future_thing://ns/thing", Cardinality::High)
+            .is_empty()
+    );
+}
+
 #[test]
 fn tags_of_yields_every_id_in_order_with_its_tags() {
     let mut writer = MirrorWriter::new();

@@ -9,7 +9,7 @@ mod common;
 
 use common::{MIB, TestServer, config_in, entity, fill_with_bulk, within};
 use prost::Message as _;
-use remote_tagger::domain::{EntityEvent, EntityId};
+use remote_tagger::domain::{EntityEvent, EntityId, KNOWN_PREFIXES};
 use remote_tagger::proto::api::agent_secure_client::AgentSecureClient;
 use remote_tagger::proto::model as pb;
 use remote_tagger::server::{
@@ -361,6 +361,79 @@ async fn prefix_filter_and_cardinality_reduction_apply_to_snapshot_and_live_even
         seen.extend(uids(&next(&mut orchestrator_all).await));
     }
     assert_eq!(seen, ["c", "b"]);
+    server.stop().await;
+}
+
+/// wire-spec section 1: older Go clients panic on a prefix they do not
+/// know, so an explicit list gets exactly the prefixes it names, in the
+/// snapshot and live; an empty list gets everything, a newer Agent's
+/// prefixes and invented ones included; the store counts those.
+#[tokio::test]
+async fn an_explicit_prefix_list_never_gets_a_prefix_it_did_not_name() {
+    let server = TestServer::start(|_| {}).await;
+    server.store.apply([
+        EntityEvent::Added(entity("container_id://a", &["l"], &[], &[])),
+        EntityEvent::Added(entity("kueue_workload://ns/b", &["l"], &[], &[])),
+        EntityEvent::Added(entity("kubernetes_future_thing://c", &["l"], &[], &[])),
+    ]);
+    assert_eq!(server.store.stats().store_unknown_prefix_entities, 1);
+    let table: Vec<&str> = KNOWN_PREFIXES.to_vec();
+    let mut known = server
+        .stream(stream_request(pb::TagCardinality::High, &table))
+        .await;
+    let mut everything = server
+        .stream(stream_request(pb::TagCardinality::High, &[]))
+        .await;
+    let mut invented = server
+        .stream(stream_request(
+            pb::TagCardinality::High,
+            &["kubernetes_future_thing"],
+        ))
+        .await;
+    assert_eq!(uids(&next(&mut known).await), ["a", "ns/b"]);
+    assert_eq!(uids(&next(&mut everything).await), ["a", "c", "ns/b"]);
+    assert_eq!(uids(&next(&mut invented).await), ["c"]);
+
+    server.store.apply([EntityEvent::Added(entity(
+        "kubernetes_future_thing://d",
+        &["l"],
+        &[],
+        &[],
+    ))]);
+    server.store.apply([EntityEvent::Deleted(
+        EntityId::parse("container_id://a").unwrap(),
+    )]);
+    assert_eq!(server.store.stats().store_unknown_prefix_entities, 2);
+    // The table's stream skips the invented prefix's change: the next
+    // thing it sees is the delete that follows.
+    let live = next(&mut known).await;
+    assert_eq!(
+        (uids(&live), kinds(&live)),
+        (vec!["a".to_owned()], vec![pb::EventType::Deleted])
+    );
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.extend(uids(&next(&mut everything).await));
+    }
+    assert_eq!(seen, ["d", "a"]);
+    assert_eq!(uids(&next(&mut invented).await), ["d"]);
+
+    let mut client = server.client().await;
+    let fetched = client
+        .tagger_fetch_entity(
+            server.authed(pb::FetchEntityRequest {
+                id: Some(
+                    EntityId::parse("kubernetes_future_thing://d")
+                        .unwrap()
+                        .to_proto(),
+                ),
+                cardinality: pb::TagCardinality::High as i32,
+            }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.tags, ["l"]);
     server.stop().await;
 }
 

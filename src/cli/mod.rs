@@ -250,6 +250,16 @@ pub struct UpstreamArgs {
         requires = "relay"
     )]
     pub server_name: String,
+
+    /// Relay: a prefix to ask the upstream for besides the Agent's table, as a
+    /// newer Agent's (repeatable); every prefix of the table is always asked.
+    #[arg(
+        long = "upstream-extra-prefix",
+        env = "REMOTE_TAGGER_UPSTREAM_EXTRA_PREFIXES",
+        value_delimiter = ',',
+        requires = "relay"
+    )]
+    pub extra_prefixes: Vec<String>,
 }
 
 impl UpstreamArgs {
@@ -269,10 +279,11 @@ impl UpstreamArgs {
             insecure_skip_verify: false,
             insecure_plaintext: false,
         };
-        connect
+        let mut config = connect
             .client_config(None)
-            .map(Some)
-            .map_err(|e| format!("upstream: {e}"))
+            .map_err(|e| format!("upstream: {e}"))?;
+        config.prefixes = self.extra_prefixes.clone();
+        Ok(Some(config))
     }
 }
 
@@ -396,7 +407,7 @@ pub struct SubscriptionArgs {
     #[arg(long, env = "REMOTE_TAGGER_CARDINALITY", default_value = "high", value_parser = parse_cardinality)]
     pub cardinality: Cardinality,
 
-    /// Entity-ID prefix to mirror (repeatable, e.g. --prefix container_id); default: all known prefixes.
+    /// Entity-ID prefix to mirror (repeatable, e.g. --prefix container_id, known or not); default: all known prefixes.
     #[arg(long = "prefix", env = "REMOTE_TAGGER_PREFIXES", value_delimiter = ',')]
     pub prefixes: Vec<String>,
 }

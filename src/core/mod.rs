@@ -18,15 +18,27 @@ pub use telemetry::ClientTelemetry;
 
 use bytes::Bytes;
 
-use crate::domain::{Cardinality, KNOWN_PREFIXES};
+use crate::domain::{Cardinality, EntityId, KNOWN_PREFIXES};
 use crate::mirror::{EntityChange, MirrorReader, MirrorWriter};
 use crate::proto::encoded::EncodedStreamTagsResponse;
 use crate::proto::model::StreamTagsRequest;
 use crate::wire::{DecodedEvent, decode_event};
 
 /// The [`ClientTelemetry::rejected_events`] reason of a well-formed event
-/// whose prefix the client did not subscribe to.
+/// of a known prefix the client did not subscribe to (see [`keeps`]).
 pub const UNREQUESTED_PREFIX: &str = "unrequested_prefix";
+
+/// Whether a client that requested `requested` keeps a well-formed event of
+/// `id`. A requested prefix, yes. A prefix of [`KNOWN_PREFIXES`] it did not
+/// request is the server breaking the filter: rejected and counted as
+/// [`UNREQUESTED_PREFIX`]. A prefix outside the table can only come from a
+/// server newer than it (older ones do not have the prefix, and a server
+/// that filters sends only what was asked): kept, and counted by the
+/// mirror ([`MirrorReader::unknown_prefix_entities`]), so nothing a newer
+/// Agent sends is lost.
+pub fn keeps(requested: &[String], id: &EntityId) -> bool {
+    !id.has_known_prefix() || requested.iter().any(|prefix| prefix == id.prefix())
+}
 
 /// Default receive watchdog: no message for this long drops the stream.
 pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
@@ -47,9 +59,10 @@ impl fmt::Display for ConnectionId {
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     pub cardinality: Cardinality,
-    /// Entity-ID prefixes to subscribe to. Always sent explicitly: an empty
-    /// list means "nothing" to older servers and "everything" to newer ones,
-    /// so the core sends every known prefix when this is empty.
+    /// Entity-ID prefixes to subscribe to, known or not. Always sent
+    /// explicitly: an empty list means "nothing" to older servers and
+    /// "everything" to newer ones, so the core sends every known prefix
+    /// when this is empty. What the core keeps of what arrives: [`keeps`].
     pub prefixes: Vec<String>,
     /// `<flavor>:<uuid>`, unique per client.
     pub streaming_id: String,
@@ -440,13 +453,14 @@ impl ClientCore {
     }
 
     /// Converts a response's events, skipping (and counting) what is malformed
-    /// or outside the subscription, and reducing tags to our cardinality in case
-    /// the server sent more than asked.
+    /// or of a known prefix outside the subscription (see [`keeps`]), and
+    /// reducing tags to our cardinality in case the server sent more than
+    /// asked.
     fn decode<'a>(&mut self, wire_events: &'a [Bytes]) -> Vec<DecodedEvent<'a>> {
         let mut events = Vec::with_capacity(wire_events.len());
         for event in wire_events {
             let reason = match decode_event(event) {
-                Ok(mut event) if self.prefixes.iter().any(|p| p == event.id.prefix()) => {
+                Ok(mut event) if keeps(&self.prefixes, &event.id) => {
                     event.reduce(self.config.cardinality);
                     events.push(event);
                     continue;

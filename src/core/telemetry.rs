@@ -15,7 +15,8 @@ pub struct ClientTelemetry {
     pub snapshots: u64,
     /// Streams resumed without a snapshot.
     pub resumes: u64,
-    /// Events skipped, by reason (malformed, unknown prefix, not subscribed).
+    /// Events skipped, by reason (malformed, or a known prefix not
+    /// subscribed to: see [`keeps`](super::keeps)).
     pub rejected_events: BTreeMap<&'static str, u64>,
 }
 

@@ -10,7 +10,7 @@ use prost::Message;
 
 use crate::core::{ClientCore, Command, ConnectionId, CoreConfig, Event, UNREQUESTED_PREFIX};
 use crate::domain::{Cardinality, DomainError, Entity, EntityEvent, EntityId, entity_hash};
-use crate::harness::{self, CONVERGE_STEPS, HarnessConfig, Op};
+use crate::harness::{self, CONVERGE_STEPS, HarnessConfig, Op, client_keeps};
 use crate::mirror::{ChangeKind, EntityChange, MirrorReader, MirrorWriter};
 use crate::proto::encoded::EncodedStreamTagsResponse;
 use crate::proto::model::StreamTagsEvent;
@@ -228,7 +228,7 @@ fn rejections(events: &[Bytes], requested: &[String]) -> BTreeMap<&'static str, 
     let mut counts = BTreeMap::new();
     for event in events {
         let reason = match StreamTagsEvent::decode(event.as_ref()).map(EntityEvent::from_proto) {
-            Ok(Ok(event)) if requested.iter().any(|p| p == event.id().prefix()) => continue,
+            Ok(Ok(event)) if client_keeps(requested, event.id().prefix()) => continue,
             Ok(Ok(_)) => UNREQUESTED_PREFIX,
             Ok(Err(error)) => error.reason(),
             Err(_) => DomainError::MalformedEvent.reason(),
@@ -277,15 +277,22 @@ fn check_changes(
 }
 
 /// Every query of the mirror agrees with its listing, and the listing holds
-/// only what the subscription allows: requested prefixes, tags reduced to
-/// the subscribed cardinality.
+/// only what the subscription allows: requested prefixes (and prefixes
+/// outside the table, see [`client_keeps`]), tags reduced to the subscribed
+/// cardinality.
 fn check_mirror(mirror: &MirrorReader, config: &CoreConfig) {
     let requested = config.requested_prefixes();
     let entities = mirror.list();
     assert_eq!(mirror.len(), entities.len(), "len() differs from list()");
     let by_prefix = mirror.stored_by_prefix();
+    let unknown = entities.iter().filter(|e| !e.id.has_known_prefix()).count();
     assert_eq!(
-        by_prefix.values().sum::<u64>(),
+        mirror.unknown_prefix_entities(),
+        unknown as u64,
+        "unknown-prefix count differs from list()"
+    );
+    assert_eq!(
+        by_prefix.values().sum::<u64>() + unknown as u64,
         entities.len() as u64,
         "per-prefix counts differ from list()"
     );

@@ -22,13 +22,28 @@ pub use model_server::{ModelServer, harness_entity, harness_id};
 pub use network::NetworkConfig;
 
 use crate::core::{ClientCore, Command, ConnectionId, CoreConfig, Event, Timer};
-use crate::domain::{Cardinality, Entity, EntityId};
+use crate::domain::{Cardinality, Entity, EntityId, KNOWN_PREFIXES};
 use crate::mirror::MirrorWriter;
 use crate::proto::model::{self as pb, StreamTagsResponse};
 use network::{Link, LinkEvent, Network, OpenStream, Reachability};
 
-/// Prefixes the harness's entities use (a subscription picks a subset).
-pub const HARNESS_PREFIXES: [&str; 3] = ["container_id", "kubernetes_pod_uid", "process"];
+/// Prefixes the harness's entities use (a subscription picks a subset). The
+/// last is outside [`KNOWN_PREFIXES`](crate::domain::KNOWN_PREFIXES), as
+/// the prefixes of an Agent newer than the table are.
+pub const HARNESS_PREFIXES: [&str; 4] = [
+    "container_id",
+    "kubernetes_pod_uid",
+    "process",
+    "kubernetes_future_thing",
+];
+/// What a client that requested `requested` keeps of an event with this
+/// well-formed id's `prefix` (wire-spec section 1): a prefix it asked for, or
+/// one outside the Agent's table. The reference the harness and the fuzzers
+/// hold the core's [`keeps`](crate::core::keeps) to, so spelled apart from it.
+pub fn client_keeps(requested: &[String], prefix: &str) -> bool {
+    requested.iter().any(|p| p == prefix) || !KNOWN_PREFIXES.contains(&prefix)
+}
+
 /// Distinct entity ids per prefix: few, so changes collide with each other.
 pub const IDS_PER_PREFIX: u8 = 4;
 
@@ -99,6 +114,11 @@ pub struct HarnessConfig {
     /// Indices into [`HARNESS_PREFIXES`] the client subscribes to.
     pub prefixes: Vec<usize>,
     pub extensions: bool,
+    /// The server sends every entity whatever prefixes the request names,
+    /// as Datadog servers did before the prefix filter: the client must
+    /// itself keep what it asked for and the prefixes outside its table,
+    /// and reject the rest (see [`client_keeps`]).
+    pub server_ignores_prefixes: bool,
     /// Events per snapshot chunk (small, so snapshots take several chunks).
     pub chunk_events: usize,
     /// Changes the server's log keeps for resumes.
@@ -114,8 +134,9 @@ impl Default for HarnessConfig {
         Self {
             seed: 1,
             cardinality: Cardinality::High,
-            prefixes: vec![0, 1, 2],
+            prefixes: vec![0, 1, 2, 3],
             extensions: true,
+            server_ignores_prefixes: false,
             chunk_events: 3,
             log_capacity: 8,
             network: NetworkConfig::default(),
@@ -190,6 +211,7 @@ impl Harness {
             server: ModelServer::new(
                 config.seed,
                 config.extensions,
+                config.server_ignores_prefixes,
                 config.chunk_events,
                 config.log_capacity,
             ),
@@ -497,7 +519,7 @@ impl Harness {
         let requested = self.core.config().requested_prefixes();
         let useful_event = response.events.iter().any(|event| {
             crate::domain::EntityEvent::from_proto(event.clone())
-                .is_ok_and(|event| requested.iter().any(|p| p == event.id().prefix()))
+                .is_ok_and(|event| client_keeps(&requested, event.id().prefix()))
         });
         useful_event || response.snapshot_complete || response.resumed
     }

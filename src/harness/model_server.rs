@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::{HARNESS_PREFIXES, IDS_PER_PREFIX, View};
+use super::{HARNESS_PREFIXES, IDS_PER_PREFIX, View, client_keeps};
 use crate::domain::{Cardinality, Entity, EntityEvent, EntityId};
 use crate::proto::model::{self as pb, StreamTagsRequest, StreamTagsResponse};
 
@@ -22,6 +22,8 @@ pub struct ModelServer {
     log_floor: u64,
     log_capacity: usize,
     extensions: bool,
+    /// Sends every entity, whatever the request's prefixes.
+    ignores_prefixes: bool,
     chunk_events: usize,
     /// The subscription of the last stream opened: what live events it gets.
     subscription: Option<Subscription>,
@@ -35,10 +37,17 @@ struct Subscription {
     cardinality: Cardinality,
     prefixes: Vec<String>,
     extensions: bool,
+    ignores_prefixes: bool,
 }
 
 impl ModelServer {
-    pub fn new(seed: u64, extensions: bool, chunk_events: usize, log_capacity: usize) -> Self {
+    pub fn new(
+        seed: u64,
+        extensions: bool,
+        ignores_prefixes: bool,
+        chunk_events: usize,
+        log_capacity: usize,
+    ) -> Self {
         let mut server = Self {
             store: View::new(),
             epoch: String::new(),
@@ -49,6 +58,7 @@ impl ModelServer {
             log_floor: 0,
             log_capacity,
             extensions,
+            ignores_prefixes,
             chunk_events: chunk_events.max(1),
             subscription: None,
             last_request: None,
@@ -89,9 +99,10 @@ impl ModelServer {
         self.remember();
     }
 
-    /// The store as a subscriber of this cardinality and prefixes sees it.
+    /// The store as a subscriber of this cardinality and prefixes sees it:
+    /// what this server sends it, and the subscriber keeps.
     pub fn view(&self, cardinality: Cardinality, prefixes: &[String]) -> View {
-        reduce_view(&self.store, cardinality, prefixes)
+        self.reduce_view(&self.store, cardinality, prefixes)
     }
 
     /// The store at `(epoch, revision)` as this subscription sees it, as a list.
@@ -104,10 +115,22 @@ impl ModelServer {
     ) -> Option<Vec<Entity>> {
         let store = self.history.get(&(epoch.to_owned(), revision))?;
         Some(
-            reduce_view(store, cardinality, prefixes)
+            self.reduce_view(store, cardinality, prefixes)
                 .into_values()
                 .collect(),
         )
+    }
+
+    /// `store` as a client requesting `prefixes` mirrors it from this
+    /// server: what the server sends that the client keeps.
+    fn reduce_view(&self, store: &View, cardinality: Cardinality, prefixes: &[String]) -> View {
+        store
+            .iter()
+            .filter(|(id, _)| {
+                is_sent(self.ignores_prefixes, prefixes, id) && client_keeps(prefixes, id.prefix())
+            })
+            .map(|(id, entity)| (id.clone(), entity.reduced(cardinality)))
+            .collect()
     }
 
     pub fn record_request(&mut self, request: StreamTagsRequest) {
@@ -126,6 +149,7 @@ impl ModelServer {
             cardinality,
             prefixes: request.prefixes.clone(),
             extensions: self.extensions,
+            ignores_prefixes: self.ignores_prefixes,
         };
         let can_resume = self.extensions
             && request.resume_epoch == self.epoch
@@ -253,7 +277,7 @@ impl ModelServer {
 
 impl Subscription {
     fn wants(&self, id: &EntityId) -> bool {
-        self.prefixes.is_empty() || self.prefixes.iter().any(|p| p == id.prefix())
+        is_sent(self.ignores_prefixes, &self.prefixes, id)
     }
 
     fn wire_event(&self, event: &EntityEvent) -> Option<pb::StreamTagsEvent> {
@@ -262,12 +286,10 @@ impl Subscription {
     }
 }
 
-fn reduce_view(store: &View, cardinality: Cardinality, prefixes: &[String]) -> View {
-    store
-        .iter()
-        .filter(|(id, _)| prefixes.iter().any(|p| p == id.prefix()))
-        .map(|(id, entity)| (id.clone(), entity.reduced(cardinality)))
-        .collect()
+/// Whether a server sends entities of `id` to a request for `prefixes`:
+/// those named (an empty list: all), or all if it `ignores_prefixes`.
+fn is_sent(ignores_prefixes: bool, prefixes: &[String], id: &EntityId) -> bool {
+    ignores_prefixes || prefixes.is_empty() || prefixes.iter().any(|p| p == id.prefix())
 }
 
 /// The id of harness entity `index`: few ids per prefix, so changes collide.
@@ -327,7 +349,7 @@ pub fn malformed_event(kind: u8) -> pb::StreamTagsEvent {
         ),
         2 => (pb::EventType::Modified as i32, Some(with_id("", "x"))),
         3 => (pb::EventType::Added as i32, Some(with_id("process", ""))),
-        4 => (pb::EventType::Deleted as i32, Some(with_id("pod", "x"))),
+        4 => (pb::EventType::Deleted as i32, Some(with_id("a://b", "x"))),
         _ => (7, Some(valid)),
     };
     pb::StreamTagsEvent {

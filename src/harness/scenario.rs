@@ -324,6 +324,8 @@ impl Planner<'_> {
             cardinality,
             prefixes,
             extensions: scenario != Scenario::PlainDatadog,
+            // Now and then a server from before the prefix filter.
+            server_ignores_prefixes: self.chance(20),
             chunk_events: self.between(1, 5) as usize,
             // Enough for any outage of short-disconnects; small elsewhere, so
             // long outages outrun the log and force snapshots.

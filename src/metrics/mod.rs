@@ -96,9 +96,13 @@ impl ClientCollector {
 impl Collector for ClientCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let status = self.status.borrow().clone();
-        let (stored, queries) = {
+        let (stored, unknown_prefix, queries) = {
             let mirror = self.mirror.lock().unwrap_or_else(PoisonError::into_inner);
-            (mirror.stored_by_prefix(), mirror.query_counts())
+            (
+                mirror.stored_by_prefix(),
+                mirror.unknown_prefix_entities(),
+                mirror.query_counts(),
+            )
         };
         let telemetry = &status.telemetry;
         let e = &mut encoder;
@@ -128,6 +132,14 @@ impl Collector for ClientCollector {
             stored.iter().map(|(prefix, count)| {
                 ([("source", "remote"), ("prefix", prefix.as_str())], *count)
             }),
+        )?;
+        // Not a `prefix` label of the family above: the names come from the
+        // server, so they would make an unbounded label set.
+        gauge(
+            e,
+            "tagger_unknown_prefix_entities",
+            "Entities in the mirror whose prefix is not in this build's table (a newer Agent's); not in tagger_stored_entities.",
+            unknown_prefix,
         )?;
         family(
             e,
@@ -159,7 +171,7 @@ impl Collector for ClientCollector {
         family(
             e,
             "tagger_client_rejected_events",
-            "Events skipped, by reason (malformed, unknown prefix, not subscribed).",
+            "Events skipped, by reason (malformed, or a known prefix not subscribed to).",
             MetricType::Counter,
             telemetry
                 .rejected_events
@@ -320,6 +332,12 @@ impl Collector for ServerCollector {
             "tagger_server_store_entities",
             "Entities in the server's store.",
             stats.store_entities,
+        )?;
+        gauge(
+            e,
+            "tagger_server_store_unknown_prefix_entities",
+            "Entities in the server's store whose prefix is not in this build's table (a newer Agent's).",
+            stats.store_unknown_prefix_entities,
         )
     }
 }

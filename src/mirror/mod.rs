@@ -125,16 +125,18 @@ fn change(before: Option<&Record>, after: Option<&Record>) -> Option<ChangeKind>
 
 /// Sorts a snapshot's changes by id. Comparing the ids themselves would
 /// chase two pointers per comparison, cache misses all over a snapshot's
-/// worth of ids: each id is read once into a key of its prefix's rank and
-/// its uid's first bytes, and only ties compare whole ids.
+/// worth of ids: each id is read once into a key of its text class (see
+/// [`IdKey::text_class`]) and its key tail's first bytes, and only ties
+/// compare whole ids.
 fn sort_by_id(changes: &mut Vec<EntityChange>) {
     let key = |id: &EntityId| {
-        let uid = id.uid().as_bytes();
+        let key = IdKey::of(id);
+        let tail = key.tail.as_bytes();
         let mut head = [0u8; 8];
-        let len = uid.len().min(head.len());
-        head[..len].copy_from_slice(&uid[..len]);
-        // Zero-padded, the first 8 bytes order like the uid unless they tie.
-        (u128::from(IdKey::of(id).prefix_rank()) << 64) | u128::from(u64::from_be_bytes(head))
+        let len = tail.len().min(head.len());
+        head[..len].copy_from_slice(&tail[..len]);
+        // Zero-padded, the first 8 bytes order like the tail unless they tie.
+        (u128::from(key.text_class()) << 64) | u128::from(u64::from_be_bytes(head))
     };
     let mut keyed: Vec<(u128, EntityChange)> = changes
         .drain(..)
@@ -675,8 +677,9 @@ impl MirrorReader {
         self.len() == 0
     }
 
-    /// Entities per id prefix (`tagger_stored_entities`), prefixes with none
-    /// left out.
+    /// Entities per known id prefix (`tagger_stored_entities`), prefixes
+    /// with none left out. Entities of other prefixes are counted apart, in
+    /// [`unknown_prefix_entities`](Self::unknown_prefix_entities).
     pub fn stored_by_prefix(&self) -> BTreeMap<String, u64> {
         let counts: Vec<(&str, u64)> =
             self.read(|store| store.counts_by_prefix().collect(), Vec::new());
@@ -684,6 +687,13 @@ impl MirrorReader {
             .into_iter()
             .map(|(prefix, count)| (prefix.to_owned(), count))
             .collect()
+    }
+
+    /// Entities whose prefix is not in
+    /// [`KNOWN_PREFIXES`](crate::domain::KNOWN_PREFIXES)
+    /// (`tagger_unknown_prefix_entities`): what a newer Agent sends.
+    pub fn unknown_prefix_entities(&self) -> u64 {
+        self.read(Store::other_prefix_count, 0)
     }
 
     /// Queries per cardinality and status (`tagger_queries`), summed over
@@ -893,8 +903,27 @@ mod tests {
             "é",
             "0",
         ];
+        // Prefixes outside the table, around and inside known ones: one
+        // starting a known one, one a known one starts (with bytes below
+        // and above ':' next), one holding ':', one before and one after
+        // every known prefix.
+        let others = [
+            "hos",
+            "host-a",
+            "host_a",
+            "host:a",
+            "hosta",
+            "kubernetes_future_thing",
+            "kubelet2",
+            "container_id:x",
+            "a",
+            "zzz",
+            "é",
+            "\u{1}",
+        ];
         let mut changes: Vec<EntityChange> = KNOWN_PREFIXES
             .iter()
+            .chain(&others)
             .rev()
             .flat_map(|prefix| uids.iter().rev().map(move |uid| (prefix, uid)))
             .map(|(prefix, uid)| EntityChange {

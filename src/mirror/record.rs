@@ -93,12 +93,12 @@ const STANDARD: usize = 2;
 struct RecordHeader {
     /// Low, orchestrator and standard tags.
     shared: [TagList; 3],
-    /// Bytes of the uid.
-    uid_len: u32,
-    /// The number of high cardinality tags, and where the uid is: right
+    /// Bytes of the id's tail (its uid, see [`IdKey`]).
+    tail_len: u32,
+    /// The number of high cardinality tags, and where the tail is: right
     /// after the prefix index, or, with [`HOLDER_FLAG`] set, at the end of
     /// the high tag whose index is in the [`HOLDER_BITS`] (the count then
-    /// in the low [`HIGH_COUNT_BITS`]), which holds it so that the uid is
+    /// in the low [`HIGH_COUNT_BITS`]), which holds it so that the tail is
     /// not stored twice. Containers carry `container_id:<uid>`, images
     /// `image_id:<uid>`: in the node workload that saves 15 % of the mirror.
     high: u32,
@@ -118,8 +118,8 @@ impl RecordHeader {
         }
     }
 
-    /// The index of the high tag whose end is the uid, if one is.
-    fn uid_holder(&self) -> Option<usize> {
+    /// The index of the high tag whose end is the tail, if one is.
+    fn tail_holder(&self) -> Option<usize> {
         (self.high & HOLDER_FLAG != 0)
             .then_some(((self.high >> HIGH_COUNT_BITS) & HOLDER_BITS) as usize)
     }
@@ -128,9 +128,9 @@ impl RecordHeader {
 /// Width of one entry of the table of high tag ends.
 const END_WIDTH: usize = size_of::<u32>();
 
-/// An immutable entity: `[count | shared lists | uid_len | high | len |
-/// high tag ends (u32 each) | prefix index (1 byte) | uid (unless a high
-/// tag ends with it) | high tags]` in one allocation behind a thin pointer,
+/// An immutable entity: `[count | shared lists | tail_len | high | len |
+/// high tag ends (u32 each) | prefix index (1 byte) | id tail (unless a
+/// high tag ends with it) | high tags]` in one allocation behind a thin pointer,
 /// so a lookup compares the id without another pointer chase. An update
 /// builds a new record; readers holding the old one keep a consistent view.
 #[derive(Clone)]
@@ -141,13 +141,13 @@ impl Record {
         &self.0.header.header
     }
 
-    /// The prefix index byte, the uid (unless a high tag holds it) and the
-    /// high tags, concatenated.
+    /// The prefix index byte, the id's tail (unless a high tag holds it)
+    /// and the high tags, concatenated.
     fn text(&self) -> &str {
         let ends_len = self.header().high_count() * END_WIDTH;
         // SAFETY: `Interner::record` writes the table of ends, then the
         // prefix index (a byte below 128: one ASCII char, as
-        // `KNOWN_PREFIXES` is short) and only whole `&str`s (the uid unless
+        // `OTHER_PREFIX` is) and only whole `&str`s (the tail unless
         // a high tag holds it, then each high tag), and the `ThinArc` is
         // never mutated after, so the bytes after the table are valid UTF-8.
         // Every sub-slice taken from this `&str` below is bounds- and
@@ -157,14 +157,14 @@ impl Record {
 
     pub(super) fn key(&self) -> IdKey<'_> {
         let text = self.text();
-        let uid_len = self.header().uid_len as usize;
-        let uid_end = match self.header().uid_holder() {
-            None => 1 + uid_len,
+        let tail_len = self.header().tail_len as usize;
+        let tail_end = match self.header().tail_holder() {
+            None => 1 + tail_len,
             Some(holder) => end_at(&self.0.slice, holder).expect("the holder is a high tag"),
         };
         IdKey {
             prefix: text.as_bytes()[0],
-            uid: &text[uid_end - uid_len..uid_end],
+            tail: &text[tail_end - tail_len..tail_end],
         }
     }
 
@@ -176,10 +176,10 @@ impl Record {
     fn high(&self) -> HighTags<'_> {
         let header = self.header();
         let ends_len = header.high_count() * END_WIDTH;
-        let uid_len = header.uid_len as usize;
+        let tail_len = header.tail_len as usize;
         HighTags {
             text: self.text(),
-            start: 1 + header.uid_holder().map_or(uid_len, |_| 0),
+            start: 1 + header.tail_holder().map_or(tail_len, |_| 0),
             ends: &self.0.slice[..ends_len],
         }
     }
@@ -401,25 +401,25 @@ impl Interner {
                 previous.map(|lists| &lists[part]),
             )
         });
-        let uid = entity.id.uid();
+        let key = IdKey::of(entity.id);
         let high_count = offset(entity.high.len());
         // Only when the header has the bits to say which tag holds it.
         let holder = entity
             .high
             .iter()
             .take(HOLDER_BITS as usize + 1)
-            .position(|tag| tag.as_ref().ends_with(uid))
+            .position(|tag| tag.as_ref().ends_with(key.tail))
             .filter(|_| high_count <= HIGH_COUNT_MASK);
         let bytes = &mut self.scratch_bytes;
         bytes.clear();
-        let mut end = 1 + holder.map_or(uid.len(), |_| 0);
+        let mut end = 1 + holder.map_or(key.tail.len(), |_| 0);
         for tag in entity.high {
             end += tag.as_ref().len();
             bytes.extend_from_slice(&offset(end).to_ne_bytes());
         }
-        bytes.push(entity.id.prefix_index());
+        bytes.push(key.prefix);
         if holder.is_none() {
-            bytes.extend_from_slice(uid.as_bytes());
+            bytes.extend_from_slice(key.tail.as_bytes());
         }
         for tag in entity.high {
             bytes.extend_from_slice(tag.as_ref().as_bytes());
@@ -427,7 +427,7 @@ impl Interner {
         let holder_bits = holder.map_or(0, |k| HOLDER_FLAG | offset(k) << HIGH_COUNT_BITS);
         let header = RecordHeader {
             shared,
-            uid_len: offset(uid.len()),
+            tail_len: offset(key.tail.len()),
             high: high_count | holder_bits,
         };
         Record(ThinArc::from_header_and_slice(header, bytes))
@@ -891,6 +891,25 @@ mod tests {
                 high.len() * END_WIDTH + 1 + uid_len + tags,
                 "{high:?}"
             );
+        }
+    }
+
+    #[test]
+    fn records_of_prefixes_outside_the_table_keep_the_whole_id() {
+        let mut interner = Interner::default();
+        for text in ["kubernetes_future_thing://ns/a", "a:b://c", "pod://x://y"] {
+            let mut other = entity(text, &["env:prod"], &["name:x"]);
+            let record = build(&mut interner, &other);
+            assert_eq!(record.key(), IdKey::of(&other.id));
+            assert_eq!(record.key().tail, text);
+            assert_eq!(record.to_entity(), other);
+            // A high tag ending with the whole text holds it, as a uid.
+            other.high.push(format!("ref:{text}"));
+            let held = build(&mut interner, &other);
+            assert_eq!(held.to_entity(), other);
+            assert!(held.holds(&other.as_ref()));
+            let tags: usize = other.high.iter().map(String::len).sum();
+            assert_eq!(held.0.slice.len(), 2 * END_WIDTH + 1 + tags, "{text}");
         }
     }
 

@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 
-use crate::domain::{EntityId, KNOWN_PREFIXES};
+use crate::domain::{EntityId, KNOWN_PREFIXES, OTHER_PREFIX};
 
 use super::record::Record;
 use super::table::{self, TableEntry, make_room};
@@ -22,58 +22,97 @@ pub(super) fn fixed_hash(text: &str) -> u64 {
 }
 
 /// An entity id as the mirror keeps it: the position of its prefix in
-/// [`KNOWN_PREFIXES`] and its uid. Records store one byte instead of the
+/// [`KNOWN_PREFIXES`] and its uid, so records store one byte instead of the
 /// prefix text and `://` (15 bytes for `container_id://`), about 6 % of a
-/// record.
+/// record. An id whose prefix is not in the table keeps [`OTHER_PREFIX`] and
+/// its whole text as the tail: a lookup of a known id never reads more than
+/// before, and the rare other ones need no table of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct IdKey<'a> {
     pub prefix: u8,
-    pub uid: &'a str,
+    /// The uid, or (with [`OTHER_PREFIX`]) the whole text `prefix://uid`.
+    pub tail: &'a str,
 }
 
 impl<'a> IdKey<'a> {
     pub(super) fn of(id: &'a EntityId) -> Self {
+        if id.has_known_prefix() {
+            Self {
+                prefix: id.prefix_index(),
+                tail: id.uid(),
+            }
+        } else {
+            Self::other(id.as_str())
+        }
+    }
+
+    fn other(text: &'a str) -> Self {
         Self {
-            prefix: id.prefix_index(),
-            uid: id.uid(),
+            prefix: OTHER_PREFIX,
+            tail: text,
         }
     }
 
     /// The key of the text form `prefix://uid`; `None` if it is not a valid
     /// id (so no record has it).
     pub(super) fn parse(text: &'a str) -> Option<Self> {
-        let (prefix, uid) = EntityId::split_known(text)?;
-        Some(Self { prefix, uid })
+        match EntityId::split(text)? {
+            (OTHER_PREFIX, _) => Some(Self::other(text)),
+            (prefix, uid) => Some(Self { prefix, tail: uid }),
+        }
     }
 
     pub(super) fn hash(self) -> u64 {
         let mut hasher = FIXED_HASHER.build_hasher();
         hasher.write_u8(self.prefix);
-        self.uid.hash(&mut hasher);
+        self.tail.hash(&mut hasher);
         hasher.finish()
     }
 
-    pub(super) fn prefix_text(self) -> &'static str {
-        KNOWN_PREFIXES[usize::from(self.prefix)]
+    /// The known prefix, `None` for [`OTHER_PREFIX`].
+    fn known_prefix(self) -> Option<&'static str> {
+        KNOWN_PREFIXES.get(usize::from(self.prefix)).copied()
     }
 
-    /// The prefix's rank in text order (see [`PREFIX_RANKS`]).
-    pub(super) fn prefix_rank(self) -> u8 {
-        PREFIX_RANKS[usize::from(self.prefix)]
+    /// Where the ids of this key's prefix fall in text order: the ids of
+    /// one class order by their tails, those of different classes by their
+    /// classes. A known prefix is a class of its own, `2 * rank + 1` (see
+    /// [`PREFIX_RANKS`]); the ids of other prefixes share the class between
+    /// the known prefixes their text falls between, `2 * (known prefixes
+    /// before them)`. (Since no prefix holds `://`, comparing an id of a
+    /// known prefix `k` with an other id is decided within `k://`, whatever
+    /// the uids.)
+    pub(super) fn text_class(self) -> u8 {
+        match self.known_prefix() {
+            Some(_) => 2 * PREFIX_RANKS[usize::from(self.prefix)] + 1,
+            None => {
+                let text = self.tail.as_bytes();
+                let before = KNOWN_PREFIXES
+                    .iter()
+                    .filter(|known| known.bytes().chain(*b"://").lt(text.iter().copied()))
+                    .count();
+                // At most `KNOWN_PREFIXES.len()`, which `OTHER_PREFIX` fits.
+                2 * before as u8
+            }
+        }
     }
 
     /// Orders like the ids' text.
     pub(super) fn cmp_text(self, other: Self) -> std::cmp::Ordering {
-        (self.prefix_rank(), self.uid).cmp(&(other.prefix_rank(), other.uid))
+        (self.text_class(), self.tail).cmp(&(other.text_class(), other.tail))
     }
 
     pub(super) fn to_entity_id(self) -> EntityId {
-        EntityId::new(self.prefix_text(), self.uid).expect("an IdKey comes from an EntityId")
+        let id = match self.known_prefix() {
+            Some(prefix) => EntityId::new(prefix, self.tail),
+            None => EntityId::parse(self.tail),
+        };
+        id.expect("an IdKey comes from an EntityId")
     }
 }
 
 /// The rank of each of [`KNOWN_PREFIXES`] in text order: no known prefix
-/// starts another, so ids order by their prefix first.
+/// starts another, so ids of known prefixes order by their prefix first.
 const PREFIX_RANKS: [u8; KNOWN_PREFIXES.len()] = {
     let mut ranks = [0u8; KNOWN_PREFIXES.len()];
     let mut i = 0;
@@ -118,12 +157,12 @@ pub(super) fn hash_texts<'a>(texts: impl ExactSizeIterator<Item = &'a str>) -> u
 #[derive(Clone, Default)]
 pub(super) struct Store {
     records: HashTable<Record>,
-    /// Entity count per entry of [`KNOWN_PREFIXES`] (an `EntityId` only
-    /// ever has one of those).
+    /// Entity count per prefix index: one per entry of [`KNOWN_PREFIXES`],
+    /// then the ids of every other prefix ([`OTHER_PREFIX`]).
     by_prefix: PrefixCounts,
 }
 
-type PrefixCounts = [u64; KNOWN_PREFIXES.len()];
+type PrefixCounts = [u64; KNOWN_PREFIXES.len() + 1];
 
 impl Store {
     pub(super) fn with_capacity(capacity: usize) -> Self {
@@ -165,13 +204,18 @@ impl Store {
         self.records.iter()
     }
 
-    /// `(prefix, count)` for every prefix with at least one entity.
+    /// `(prefix, count)` for every known prefix with at least one entity.
     pub(super) fn counts_by_prefix(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         KNOWN_PREFIXES
             .iter()
             .zip(self.by_prefix)
             .filter(|&(_, count)| count > 0)
             .map(|(&prefix, count)| (prefix, count))
+    }
+
+    /// Entities whose prefix is not in [`KNOWN_PREFIXES`].
+    pub(super) fn other_prefix_count(&self) -> u64 {
+        self.by_prefix[usize::from(OTHER_PREFIX)]
     }
 
     /// Inserts `record` of `id`, which the store does not hold (`id` saves

@@ -277,6 +277,15 @@ mod tests {
         assert_eq!(entities[1].orchestrator, ["o"]);
         assert_eq!(entities[1].standard, ["s"]);
         assert_eq!(parse_entities_file(b"[]").unwrap(), vec![]);
+        // A newer Agent's prefixes, and one no Agent has yet.
+        let newer = parse_entities_file(
+            br#"[{"id": "kubernetes_resource_claim://ns/gpu"},
+                 {"id": "kubernetes_future_thing://ns/a", "low": ["l"]}]"#,
+        )
+        .unwrap();
+        assert!(newer[0].id.has_known_prefix());
+        assert_eq!(newer[1].id.prefix(), "kubernetes_future_thing");
+        assert_eq!(newer[1].low, ["l"]);
     }
 
     #[test]
@@ -289,11 +298,13 @@ mod tests {
         // Found by the entities_file fuzz target: the name is quoted raw.
         let control_chars = error(b"[{\"co\\nnt\\u0000\": []}]");
         assert!(control_chars.contains(r"co\nnt\u{0}"), "{control_chars}");
-        let bad_id = error(br#"[{"id": "host://a"}, {"id": "pod://x"}]"#);
+        let bad_id = error(br#"[{"id": "host://a"}, {"id": "pod:x"}]"#);
         assert!(
-            bad_id.contains("entity #2") && bad_id.contains("pod"),
+            bad_id.contains("entity #2") && bad_id.contains("pod:x"),
             "{bad_id}"
         );
+        let empty_uid = error(br#"[{"id": "kubernetes_future_thing://"}]"#);
+        assert!(empty_uid.contains("empty uid"), "{empty_uid}");
         let duplicate = error(br#"[{"id": "host://a"}, {"id": "host://a", "low": ["x"]}]"#);
         assert!(
             duplicate.contains("\"host://a\" appears more than once"),

@@ -210,11 +210,7 @@ impl StoreHandle {
 
     /// A snapshot of the counters and gauges.
     pub fn stats(&self) -> ServerStats {
-        let (revision, entities) = {
-            let state = self.state();
-            (state.store.revision(), state.store.len() as u64)
-        };
-        self.shared.telemetry.read(revision, entities)
+        self.shared.telemetry.read(&self.state().store)
     }
 
     /// Subscribes to live changes, starting with a snapshot of the matching

@@ -102,7 +102,9 @@ pub enum Source {
     /// `root` (`/` for this machine), re-scanned every `interval` (see
     /// [`HostScanner`]).
     Host { root: PathBuf, interval: Duration },
-    /// Relay: mirror another tagger and serve its entities.
+    /// Relay: mirror another tagger and serve its entities. It asks for
+    /// every prefix of the table and the config's `prefixes` besides (a
+    /// newer Agent's), whatever cardinality the config names (HIGH).
     Upstream(Box<ClientConfig>),
 }
 

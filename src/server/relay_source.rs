@@ -2,8 +2,9 @@
 //! Datadog Agent) with the client driver and feeds the mirror into this
 //! server's store, so many consumers can fan out from one origin stream.
 //!
-//! The upstream is asked for everything (HIGH cardinality, every prefix) so
-//! the relay can serve any subscriber's cardinality and prefixes itself.
+//! The upstream is asked for everything (HIGH cardinality, every prefix of
+//! the table and any other the configuration names) so the relay can serve
+//! any subscriber's cardinality and prefixes itself.
 //! While the upstream is away the store keeps its last state, and the
 //! `upstream_connected`/`upstream_synced` stats say so.
 
@@ -17,7 +18,7 @@ use super::entities_file::diff_entities;
 use super::hub::StoreHandle;
 use crate::client::{ClientConfig, ClientError, RemoteTagger};
 use crate::core::{ConnectionState, Event};
-use crate::domain::{Cardinality, Entity, EntityId};
+use crate::domain::{Cardinality, Entity, EntityId, KNOWN_PREFIXES};
 use crate::mirror::{EntityChange, MirrorReader};
 
 /// A relay: the client mirroring the upstream.
@@ -31,7 +32,7 @@ impl RelaySource {
     /// may be away.
     pub fn start(mut config: ClientConfig) -> Result<Self, ClientError> {
         config.cardinality = Cardinality::High;
-        config.prefixes = Vec::new();
+        config.prefixes = upstream_prefixes(&config.prefixes);
         Ok(Self {
             tagger: RemoteTagger::start(config)?,
         })
@@ -73,6 +74,19 @@ impl RelaySource {
             }
         }
     }
+}
+
+/// What the relay asks its upstream for: every prefix of the table, then
+/// the `extra` ones not in it (a newer Agent's, which it filters out unless
+/// asked for them by name).
+fn upstream_prefixes(extra: &[String]) -> Vec<String> {
+    let mut prefixes: Vec<String> = KNOWN_PREFIXES.iter().map(|p| (*p).to_owned()).collect();
+    for prefix in extra {
+        if !prefixes.contains(prefix) {
+            prefixes.push(prefix.clone());
+        }
+    }
+    prefixes
 }
 
 /// Applies the current mirror state of the changed entities. Reading the

@@ -260,8 +260,8 @@ impl AgentSecure for TaggerService {
             .ok_or_else(|| Status::invalid_argument(r#"missing "id" parameter"#))?;
         let cardinality = Cardinality::from_proto(request.cardinality)
             .map_err(|_| invalid_cardinality(request.cardinality))?;
-        // An id the store cannot hold (unknown prefix, empty uid) is simply
-        // an unknown entity: empty tags, not an error.
+        // An id the store cannot hold (empty prefix or uid) is simply an
+        // unknown entity: empty tags, not an error.
         let tags = EntityId::from_proto(&wire_id)
             .ok()
             .and_then(|id| self.inner.store.entity(&id))

@@ -49,6 +49,8 @@ pub struct ServerStats {
     pub store_revision: u64,
     /// Entities in the store (gauge).
     pub store_entities: u64,
+    /// Of those, entities whose prefix is not in the table (gauge).
+    pub store_unknown_prefix_entities: u64,
 }
 
 /// Events sent, one counter per cardinality label.
@@ -110,7 +112,7 @@ impl Telemetry {
         self.events[index].fetch_add(count as u64, Ordering::Relaxed);
     }
 
-    pub fn read(&self, store_revision: u64, store_entities: u64) -> ServerStats {
+    pub fn read(&self, store: &super::store::Store) -> ServerStats {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         ServerStats {
             stream_errors: get(&self.stream_errors),
@@ -133,8 +135,9 @@ impl Telemetry {
             source_skipped: get(&self.source_skipped),
             upstream_connected: self.upstream_connected.load(Ordering::Relaxed),
             upstream_synced: self.upstream_synced.load(Ordering::Relaxed),
-            store_revision,
-            store_entities,
+            store_revision: store.revision(),
+            store_entities: store.len() as u64,
+            store_unknown_prefix_entities: store.unknown_prefix_entities(),
         }
     }
 }

@@ -258,6 +258,9 @@ pub struct Store {
     epoch: Epoch,
     revision: u64,
     entities: BTreeMap<EntityId, Arc<StoredEntity>>,
+    /// Entities whose prefix is not in the table (a newer Agent's, relayed
+    /// or from the entities file): served like the others, and counted.
+    unknown_prefix_entities: u64,
     log: VecDeque<Change>,
     log_capacity: usize,
     /// The revision the oldest logged change follows: the log can replay
@@ -273,6 +276,7 @@ impl Store {
             epoch,
             revision: 0,
             entities: BTreeMap::new(),
+            unknown_prefix_entities: 0,
             log: VecDeque::new(),
             log_capacity: change_log_capacity,
             log_start: 0,
@@ -293,6 +297,12 @@ impl Store {
 
     pub fn is_empty(&self) -> bool {
         self.entities.is_empty()
+    }
+
+    /// Entities whose prefix is not in
+    /// [`KNOWN_PREFIXES`](crate::domain::KNOWN_PREFIXES).
+    pub fn unknown_prefix_entities(&self) -> u64 {
+        self.unknown_prefix_entities
     }
 
     pub fn get(&self, id: &EntityId) -> Option<&Arc<StoredEntity>> {
@@ -322,6 +332,13 @@ impl Store {
                     .then_some(EntityEvent::Deleted(id)),
             };
             let Some(event) = effective else { continue };
+            if !event.id().has_known_prefix() {
+                match &event {
+                    EntityEvent::Added(_) => self.unknown_prefix_entities += 1,
+                    EntityEvent::Modified(_) => {}
+                    EntityEvent::Deleted(_) => self.unknown_prefix_entities -= 1,
+                }
+            }
             match &event {
                 EntityEvent::Added(entity) | EntityEvent::Modified(entity) => {
                     self.entities.insert(
@@ -477,6 +494,28 @@ mod tests {
         assert!(!hosts.matches(&id("process://1")));
         // Exact prefix match, not a string prefix.
         assert!(!PrefixFilter::from_request(&["contain".into()]).matches(&id("container_id://1")));
+        // A prefix outside the table: everything's, and only a list naming it.
+        let future = id("kubernetes_future_thing://1");
+        assert!(all.matches(&future) && !hosts.matches(&future));
+        assert!(PrefixFilter::from_request(&["kubernetes_future_thing".into()]).matches(&future));
+    }
+
+    #[test]
+    fn entities_of_prefixes_outside_the_table_are_counted() {
+        let mut store = store();
+        let future = entity("kubernetes_future_thing://1", &["x"], &[], &[]);
+        store.apply([
+            EntityEvent::Added(future.clone()),
+            EntityEvent::Added(entity("host://a", &["x"], &[], &[])),
+            EntityEvent::Modified(entity("kubernetes_future_thing://1", &["y"], &[], &[])),
+            EntityEvent::Added(entity("other_new_thing://2", &[], &[], &[])),
+        ]);
+        assert_eq!((store.len(), store.unknown_prefix_entities()), (3, 2));
+        store.apply([
+            EntityEvent::Deleted(future.id.clone()),
+            EntityEvent::Deleted(future.id),
+        ]);
+        assert_eq!((store.len(), store.unknown_prefix_entities()), (2, 1));
     }
 
     #[test]
