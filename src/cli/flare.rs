@@ -81,11 +81,16 @@ pub async fn flare(args: FlareArgs, logging: &LoggingSettings) -> CliResult {
         .output
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("{top}.tar.gz")));
-    flare::write_archive(&output, &top, &files).map_err(|e| {
-        format!(
+    flare::write_archive(&output, &top, &files).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => format!(
+            "cannot write the flare to {}: something is already there, and a flare never \
+             overwrites a file nor follows a link (remove it or choose another --output)",
+            output.display()
+        ),
+        _ => format!(
             "cannot write the flare to {}: {e} (check --output)",
             output.display()
-        )
+        ),
     })?;
     eprintln!("remote-tagger: flare written to {}", output.display());
 

@@ -424,8 +424,10 @@ pub struct FlareArgs {
     #[command(flatten)]
     pub sync: SyncWaitArgs,
 
-    /// Write the archive (tar.gz) here. Default: a timestamped file in the
-    /// system's temporary folder.
+    /// Write the archive (tar.gz) here; nothing may be there yet (a flare
+    /// never overwrites a file nor writes through a link). It is created
+    /// readable by its owner only (0600). Default: a timestamped file in
+    /// the system's temporary folder.
     #[arg(long, env = "REMOTE_TAGGER_FLARE_OUTPUT")]
     pub output: Option<PathBuf>,
 

@@ -31,10 +31,31 @@ impl FlareFile {
 }
 
 /// Writes `files` as a tar.gz at `path`, each under the folder `top` (so
-/// unpacking several flares side by side does not mix them). Files are
-/// mode 0600: the archive holds tags and configuration.
+/// unpacking several flares side by side does not mix them).
+///
+/// The archive holds every tag, log line and setting: it is created mode
+/// 0600 and only if nothing is at `path` yet, so it never overwrites a file
+/// nor writes through a link planted at a predictable path in a shared
+/// temporary folder. The files inside are mode 0600 too. If writing fails,
+/// the partial archive is removed.
 pub fn write_archive(path: &Path, top: &str, files: &[FlareFile]) -> std::io::Result<()> {
-    let file = std::fs::File::create(path)?;
+    let file = create_private(path)?;
+    write_tar_gz(file, top, files).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
+}
+
+/// A new file only its owner can read, created with that mode (never
+/// widened first); fails if anything, a link included, is at `path`.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+fn write_tar_gz(file: std::fs::File, top: &str, files: &[FlareFile]) -> std::io::Result<()> {
     let encoder = flate2::write::GzEncoder::new(file, flate2::Compression::default());
     let mut archive = tar::Builder::new(encoder);
     let modified = std::time::SystemTime::now()
