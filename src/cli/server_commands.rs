@@ -7,14 +7,63 @@ use std::time::Duration;
 use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode, TlsSettings};
 use remote_tagger::core::Event;
 use remote_tagger::domain::Cardinality;
-use remote_tagger::metrics;
+use remote_tagger::metrics::{self, MetricsEndpoint};
 use remote_tagger::mirror::ChangeKind;
 use remote_tagger::server::{self, ServeConfig, Server, Source};
 use tokio::time::Instant;
 
-use super::{CliResult, DemoArgs, ServeArgs, SourceKind, WorkloadArgs};
+use super::signals::{Interruption, Signals};
+use super::terminal::{escape, escape_tags};
+use super::{CliResult, DemoArgs, Outcome, ServeArgs, SourceKind, WorkloadArgs};
 
-pub async fn serve(args: ServeArgs) -> CliResult {
+/// Serves until SIGINT or SIGTERM, then shuts down gracefully: every
+/// stream ends at once, open connections get the shutdown grace to close,
+/// and a second signal ends the process at once. Exits 130 after Ctrl-C
+/// (as every command does) and 0 after SIGTERM: a service manager stopping
+/// a service is no failure. A signal while it is still loading ends it at
+/// once.
+pub async fn serve(args: ServeArgs, signals: &mut Signals) -> Outcome {
+    let (server, _metrics) = tokio::select! {
+        biased;
+        interruption = signals.recv() => return Outcome::Interrupted(interruption),
+        ready = start_serving(args) => match ready {
+            Ok(ready) => ready,
+            Err(error) => return Outcome::Failed(error),
+        },
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = server.run(async {
+        let _ = stopped.await;
+    });
+    tokio::pin!(serving);
+    let first = tokio::select! {
+        biased;
+        interruption = signals.recv() => interruption,
+        ended = &mut serving => return served(ended),
+    };
+    let _ = stop.send(());
+    tokio::select! {
+        biased;
+        second = signals.recv() => return Outcome::Interrupted(second),
+        ended = &mut serving => {
+            if let Outcome::Failed(error) = served(ended) {
+                return Outcome::Failed(error);
+            }
+        }
+    }
+    match first {
+        Interruption::Interrupt => Outcome::Interrupted(first),
+        Interruption::Terminate => Outcome::Done,
+    }
+}
+
+fn served(ended: Result<(), server::ServeError>) -> Outcome {
+    ended.map_err(|e| e.to_string()).into()
+}
+
+/// Loads the source, binds and says where it serves: a server ready to
+/// run, and its metrics endpoint (kept for as long as it serves).
+async fn start_serving(args: ServeArgs) -> Result<(Server, Option<MetricsEndpoint>), String> {
     let mut config = ServeConfig::new(args.auth_token_file, args.cert_file);
     config.listen = args.listen;
     let host = || Source::Host {
@@ -64,37 +113,11 @@ pub async fn serve(args: ServeArgs) -> CliResult {
             format!(", certificate {}", config.cert_file.display())
         },
     );
-    let _metrics = args
+    let metrics = args
         .metrics
         .spawn(|| metrics::server_registry(server.store()))
         .await?;
-    server
-        .run(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    Ok((server, metrics))
 }
 
 /// The demo shows a realistic scale: a 100k-entity store churning 1k/s.
@@ -190,10 +213,10 @@ pub async fn demo(args: DemoArgs) -> CliResult {
         .find(|e| e.id.prefix() == "container_id")
     {
         let id = entity.id.as_str();
-        println!("demo: tags({id}, high) =");
+        println!("demo: tags({}, high) =", escape(id));
         println!(
             "        {}",
-            mirror.tags(id, Cardinality::High).to_vec().join(" ")
+            escape_tags(&mirror.tags(id, Cardinality::High).to_vec())
         );
     }
 
@@ -209,10 +232,10 @@ pub async fn demo(args: DemoArgs) -> CliResult {
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
+    // Ctrl-C ends the demo wherever it is (see `super::run`).
     loop {
         tokio::select! {
             biased;
-            _ = tokio::signal::ctrl_c() => break,
             _ = tick.tick() => {
                 let server_stats = store.stats();
                 println!(
@@ -240,7 +263,9 @@ pub async fn demo(args: DemoArgs) -> CliResult {
                         *counts.entry(kind).or_default() += 1;
                     }
                 }
-                Ok(Event::ConnectionLost { reason, .. }) => println!("demo: connection lost: {reason}"),
+                Ok(Event::ConnectionLost { reason, .. }) => {
+                    println!("demo: connection lost: {}", escape(&reason));
+                }
                 Ok(Event::Synced { .. }) | Err(_) => {}
             }
         }

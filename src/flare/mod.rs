@@ -39,20 +39,10 @@ impl FlareFile {
 /// temporary folder. The files inside are mode 0600 too. If writing fails,
 /// the partial archive is removed.
 pub fn write_archive(path: &Path, top: &str, files: &[FlareFile]) -> std::io::Result<()> {
-    let file = create_private(path)?;
+    let file = crate::server::secret_file::private_file_options().open(path)?;
     write_tar_gz(file, top, files).inspect_err(|_| {
         let _ = std::fs::remove_file(path);
     })
-}
-
-/// A new file only its owner can read, created with that mode (never
-/// widened first); fails if anything, a link included, is at `path`.
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)
 }
 
 fn write_tar_gz(file: std::fs::File, top: &str, files: &[FlareFile]) -> std::io::Result<()> {

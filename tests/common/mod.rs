@@ -2,7 +2,9 @@
 //! loopback port with its token and certificate in a temporary directory.
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod binary;
 pub mod children;
+pub mod plain_datadog;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
