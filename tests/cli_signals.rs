@@ -115,7 +115,7 @@ fn flare_waiting_for_a_sync_exits_at_once_on_ctrl_c_and_writes_nothing() {
 }
 
 #[test]
-fn demo_exits_at_once_on_ctrl_c_and_removes_its_scratch_directory() {
+fn demo_stops_at_once_on_ctrl_c_with_its_summary_and_removes_its_scratch_directory() {
     let temp = tempfile::tempdir().unwrap();
     let mut demo = command(
         temp.path(),
@@ -125,6 +125,8 @@ fn demo_exits_at_once_on_ctrl_c_and_removes_its_scratch_directory() {
     let mut demo = Running::start(ignoring_sigint(&mut demo));
     demo.wait_for_stdout("demo: live changes");
     assert_eq!(stop_with(&mut demo, libc::SIGINT).code(), Some(130));
+    let stdout = demo.stdout_after_exit();
+    assert!(stdout.contains("demo: done: "), "the summary: {stdout}");
     let left: Vec<_> = std::fs::read_dir(temp.path())
         .unwrap()
         .map(|entry| entry.unwrap().file_name())
@@ -132,25 +134,23 @@ fn demo_exits_at_once_on_ctrl_c_and_removes_its_scratch_directory() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// `serve` of a workload of `entities`, started with SIGINT ignored, once
+/// it listens: the process and its address.
+fn serving(home: &std::path::Path, entities: &str, extra: &[&str]) -> (Running, String) {
+    let serve: &[&str] = &["serve", "--listen", "127.0.0.1:0", "--source", "workload"];
+    let args = [serve, &["--workload-entities", entities], extra].concat();
+    let mut serve = Running::start(ignoring_sigint(&mut command(home, &args)));
+    let line = serve.wait_for_stderr(" entities on ");
+    let (_, rest) = line.split_once(" entities on ").unwrap();
+    let address = rest.split_whitespace().next().unwrap().to_owned();
+    (serve, address)
+}
+
 /// `serve` with a client streaming from it: the shutdown ends the stream
 /// and the process, at once.
 fn serving_a_watcher() -> (tempfile::TempDir, Running, Running) {
     let home = tempfile::tempdir().unwrap();
-    let mut serve = Running::start(ignoring_sigint(&mut command(
-        home.path(),
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--source",
-            "workload",
-            "--workload-entities",
-            "200",
-        ],
-    )));
-    let line = serve.wait_for_stderr(" entities on ");
-    let (_, rest) = line.split_once(" entities on ").unwrap();
-    let address = rest.split_whitespace().next().unwrap().to_owned();
+    let (serve, address) = serving(home.path(), "200", &[]);
     let mut watch = Running::start(&mut command(home.path(), &["watch", "--target", &address]));
     watch.wait_for_stderr("synced (snapshot)");
     (home, serve, watch)
@@ -181,22 +181,7 @@ fn a_second_ctrl_c_ends_a_graceful_shutdown_held_up_by_a_stuck_client() {
     use remote_tagger::proto::model::StreamTagsRequest;
 
     let home = tempfile::tempdir().unwrap();
-    let mut serve = Running::start(ignoring_sigint(&mut command(
-        home.path(),
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-plaintext",
-            "--source",
-            "workload",
-            "--workload-entities",
-            "5000",
-        ],
-    )));
-    let line = serve.wait_for_stderr(" entities on ");
-    let (_, rest) = line.split_once(" entities on ").unwrap();
-    let address = rest.split_whitespace().next().unwrap().to_owned();
+    let (mut serve, address) = serving(home.path(), "5000", &["--insecure-plaintext"]);
     let token = std::fs::read_to_string(home.path().join("auth_token")).unwrap();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -38,10 +38,11 @@ use tracing_subscriber::util::SubscriberInitExt;
         `demo` runs both in one process.\n\n\
         With no flags, `serve` and `list` in two terminals find each other: they share the \
         default token and certificate files and the address 127.0.0.1:5001.\n\n\
-        Ctrl-C (SIGINT) ends any command at once with exit code 130, SIGTERM with 143. \
-        `serve` shuts down gracefully on either (its streams end at once, connections get a \
-        few seconds to close; a second signal ends it at once) and exits 130 after Ctrl-C, \
-        0 after SIGTERM (a service stopped as it should be)."
+        Ctrl-C (SIGINT) ends any command at once with exit code 130, SIGTERM with 143 \
+        (`demo` prints its summary first). `serve` shuts down gracefully on either (its \
+        streams end at once, connections get a few seconds to close; a second signal ends \
+        it at once) and exits 130 after Ctrl-C, 0 after SIGTERM (a service stopped as it \
+        should be)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -656,7 +657,8 @@ impl From<CliResult> for Outcome {
 
 /// Runs the command; SIGINT or SIGTERM ends it at once (dropping it, so
 /// its files are cleaned up and nothing half-done is written), except
-/// `serve`, which shuts down gracefully.
+/// `serve`, which shuts down gracefully, and `demo`, which prints its
+/// summary.
 pub async fn run(cli: Cli) -> Outcome {
     let mut signals = match signals::Signals::listen() {
         Ok(signals) => signals,
@@ -669,7 +671,8 @@ pub async fn run(cli: Cli) -> Outcome {
     };
     let running: std::pin::Pin<Box<dyn Future<Output = CliResult>>> = match cli.command {
         Command::Serve(args) => return server_commands::serve(args, &mut signals).await,
-        Command::Demo(args) => Box::pin(server_commands::demo(args)),
+        Command::Demo(args) => return server_commands::demo(args, &mut signals).await,
+
         Command::List(args) => Box::pin(client_commands::list(args)),
         Command::Watch(args) => Box::pin(client_commands::watch(args)),
         Command::Get(args) => Box::pin(client_commands::get(args)),

@@ -9,12 +9,13 @@ use remote_tagger::core::Event;
 use remote_tagger::domain::Cardinality;
 use remote_tagger::metrics::{self, MetricsEndpoint};
 use remote_tagger::mirror::ChangeKind;
-use remote_tagger::server::{self, ServeConfig, Server, Source};
+use remote_tagger::server::{self, RunningServer, ServeConfig, Server, Source};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::signals::{Interruption, Signals};
 use super::terminal::{escape, escape_tags};
-use super::{CliResult, DemoArgs, Outcome, ServeArgs, SourceKind, WorkloadArgs};
+use super::{DemoArgs, Outcome, ServeArgs, SourceKind, WorkloadArgs};
 
 /// Serves until SIGINT or SIGTERM, then shuts down gracefully: every
 /// stream ends at once, open connections get the shutdown grace to close,
@@ -153,8 +154,44 @@ impl Drop for ScratchDir {
     }
 }
 
-pub async fn demo(args: DemoArgs) -> CliResult {
+/// Runs the demo. Ctrl-C while it starts ends it at once; during the live
+/// changes it stops the demo, which prints its summary and exits 130.
+pub async fn demo(args: DemoArgs, signals: &mut Signals) -> Outcome {
+    match run_demo(args, signals).await {
+        Ok(None) => Outcome::Done,
+        Ok(Some(interruption)) => Outcome::Interrupted(interruption),
+        Err(error) => Outcome::Failed(error),
+    }
+}
+
+/// The demo's server, and its client synced from it.
+struct Demo {
+    server: RunningServer,
+    tagger: RemoteTagger,
+    events: broadcast::Receiver<Event>,
+}
+
+/// The demo, and the signal that stopped it, if one did.
+async fn run_demo(args: DemoArgs, signals: &mut Signals) -> Result<Option<Interruption>, String> {
     let scratch = ScratchDir::create()?;
+    let mut demo = tokio::select! {
+        biased;
+        interruption = signals.recv() => return Ok(Some(interruption)),
+        started = start_demo(&args, &scratch) => started?,
+    };
+    let interrupted = show_live_changes(&mut demo, &args, signals).await;
+    let telemetry = demo.tagger.status().borrow().telemetry.clone();
+    demo.tagger.stop().await;
+    demo.server.stop().await.map_err(|e| e.to_string())?;
+    println!(
+        "demo: done: {} responses received, {} entity updates applied, {} stream errors",
+        telemetry.receives, telemetry.updated_entities, telemetry.stream_errors
+    );
+    Ok(interrupted)
+}
+
+/// Starts the server and the client, waits for the sync and shows it.
+async fn start_demo(args: &DemoArgs, scratch: &ScratchDir) -> Result<Demo, String> {
     let token_file = scratch.0.join("auth_token");
     let cert_file = scratch.0.join("ipc_cert.pem");
     let mut config = ServeConfig::new(&token_file, &cert_file);
@@ -175,7 +212,6 @@ pub async fn demo(args: DemoArgs) -> CliResult {
         .map_err(|e| e.to_string())?
         .spawn();
     let address = server.local_addr();
-    let store = server.store().clone();
     println!("demo: server listening on {address} with TLS (self-signed P-256) and a bearer token");
 
     let mut client_config = ClientConfig::new(address.to_string(), &token_file);
@@ -220,6 +256,22 @@ pub async fn demo(args: DemoArgs) -> CliResult {
         );
     }
 
+    Ok(Demo {
+        server,
+        tagger,
+        events,
+    })
+}
+
+/// One line of counts a second until the duration is over, or until a
+/// signal (`--follow`: until Ctrl-C), which it returns.
+async fn show_live_changes(
+    demo: &mut Demo,
+    args: &DemoArgs,
+    signals: &mut Signals,
+) -> Option<Interruption> {
+    let mirror = demo.tagger.mirror();
+    let store = demo.server.store().clone();
     let until = (!args.follow).then(|| Instant::now() + Duration::from_secs(args.duration_secs));
     println!(
         "demo: live changes, one line per second ({})",
@@ -232,10 +284,10 @@ pub async fn demo(args: DemoArgs) -> CliResult {
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
-    // Ctrl-C ends the demo wherever it is (see `super::run`).
     loop {
         tokio::select! {
             biased;
+            interruption = signals.recv() => return Some(interruption),
             _ = tick.tick() => {
                 let server_stats = store.stats();
                 println!(
@@ -249,10 +301,10 @@ pub async fn demo(args: DemoArgs) -> CliResult {
                 );
                 counts.clear();
                 if until.is_some_and(|until| Instant::now() >= until) {
-                    break;
+                    return None;
                 }
             }
-            event = events.recv() => match event {
+            event = demo.events.recv() => match event {
                 Ok(Event::EntitiesChanged(changes)) => {
                     for change in changes {
                         let kind = match change.kind {
@@ -270,12 +322,4 @@ pub async fn demo(args: DemoArgs) -> CliResult {
             }
         }
     }
-    let telemetry = tagger.status().borrow().telemetry.clone();
-    tagger.stop().await;
-    server.stop().await.map_err(|e| e.to_string())?;
-    println!(
-        "demo: done: {} responses received, {} entity updates applied, {} stream errors",
-        telemetry.receives, telemetry.updated_entities, telemetry.stream_errors
-    );
-    Ok(())
 }

@@ -1,6 +1,7 @@
 //! Ctrl-C and SIGTERM: every command ends at once on either, with the exit
 //! code shells expect (128 + the signal's number); `serve` shuts down
-//! gracefully instead (see [`super::server_commands::serve`]).
+//! gracefully instead and `demo` prints its summary (see
+//! [`super::server_commands`]).
 //!
 //! The handlers are installed before a command starts, and even when the
 //! process was started with SIGINT ignored (a script's background job), as
