@@ -42,7 +42,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+/// The raw stalled stream's channel, set up as Datadog's Rust client's.
+#[path = "../tests/common/datadog_client.rs"]
+mod datadog_client;
 
 /// The allocator the `remote-tagger` binary ships with (glibc's malloc
 /// spends a third of a sync consolidating freed chunks).
@@ -780,17 +783,7 @@ async fn stalled_subscriber() -> Vec<Row> {
 /// A raw `TaggerStreamEntities` stream with a valid token, never read: the
 /// response headers arrive, then the HTTP/2 windows fill and stay full.
 async fn open_stalled_stream(server: &BenchServer) -> tonic::Streaming<StreamTagsResponse> {
-    let pem = std::fs::read(server.cert_file()).expect("the server wrote its certificate");
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(pem))
-        .domain_name("localhost");
-    let channel = Endpoint::from_shared(format!("https://{}", server.addr))
-        .expect("a valid uri")
-        .tls_config(tls)
-        .expect("a valid TLS config")
-        .connect()
-        .await
-        .expect("the server accepts connections");
+    let channel = datadog_client::pinned_channel(server.addr, &server.cert_file()).await;
     let mut request = tonic::Request::new(StreamTagsRequest {
         cardinality: Cardinality::High.to_proto() as i32,
         streaming_id: "bench:stalled".to_owned(),

@@ -48,5 +48,6 @@ pub mod mirror;
 mod prefetch;
 pub mod rng;
 pub mod server;
+mod trust;
 pub mod wire;
 pub mod workload;

@@ -1,13 +1,13 @@
 //! The tagger server over real loopback sockets, driven by the generated
-//! tonic client over TLS (the generated certificate as CA), as a Datadog
-//! remote tagger would talk to it.
+//! tonic client over TLS set up as Datadog's Rust client sets it up (the
+//! generated certificate pinned, its pair as the client certificate).
 
 use std::path::Path;
 use std::time::Duration;
 
 mod common;
 
-use common::{MIB, TestServer, config_in, entity, within};
+use common::{MIB, TestServer, config_in, entity, fill_with_bulk, within};
 use prost::Message as _;
 use remote_tagger::domain::{EntityEvent, EntityId};
 use remote_tagger::proto::api::agent_secure_client::AgentSecureClient;
@@ -17,7 +17,7 @@ use remote_tagger::server::{
     TaggerService, serve_incoming,
 };
 use tokio::sync::oneshot;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Streaming};
 
 /// The raw generated tonic client against a test server, as a Datadog
@@ -31,17 +31,7 @@ trait RawClient {
 
 impl RawClient for TestServer {
     async fn channel(&self) -> Channel {
-        let ca = std::fs::read(self.cert_path()).unwrap();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca))
-            .domain_name("localhost");
-        Endpoint::from_shared(format!("https://{}", self.addr))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        common::datadog_client::pinned_channel(self.addr, &self.cert_path()).await
     }
 
     async fn client(&self) -> AgentSecureClient<Channel> {
@@ -520,16 +510,6 @@ async fn an_idle_stream_gets_keepalives() {
     server.stop().await;
 }
 
-/// Enough data that a client which never reads blocks the server's sends
-/// (well past the HTTP/2 flow-control windows).
-fn fill_with_bulk(store: &StoreHandle, megabytes: usize) {
-    let tag = "b".repeat(64 * 1024);
-    store.apply(
-        (0..megabytes * 16)
-            .map(|i| EntityEvent::Added(entity(&format!("process://bulk{i}"), &[], &[], &[&tag]))),
-    );
-}
-
 #[tokio::test]
 async fn snapshots_beyond_the_limit_wait_for_a_slot() {
     let server = TestServer::start(|config| config.service.max_concurrent_snapshots = 1).await;
@@ -616,12 +596,17 @@ async fn a_stalled_subscriber_is_evicted_while_another_keeps_streaming() {
             match stalled.message().await {
                 Ok(Some(_)) => continue,
                 Ok(None) => return None,
-                Err(status) => return Some(status.code()),
+                Err(status) => return Some(status),
             }
         }
     })
-    .await;
-    assert_eq!(end, Some(Code::ResourceExhausted));
+    .await
+    .expect("an eviction ends with an error status, never OK");
+    assert_eq!(end.code(), Code::ResourceExhausted);
+    assert_eq!(
+        end.message(),
+        "the subscriber fell behind: more than 2 change batches were waiting for it; reconnect to resync"
+    );
     server
         .wait_for_stats("the evicted subscriber to go", |s| s.subscribers == 1)
         .await;
@@ -762,8 +747,14 @@ async fn secrets_are_created_private_and_reused_across_restarts() {
         .await;
     next(&mut stream).await;
     let dir = server.stop().await;
-    let end = within("the stream to end", stream.message()).await;
-    assert_eq!(end.unwrap_err().code(), Code::Unavailable);
+    let end = within("the stream to end", stream.message())
+        .await
+        .unwrap_err();
+    assert_eq!(end.code(), Code::Unavailable);
+    assert_eq!(
+        end.message(),
+        "the tagger server is shutting down; reconnect later"
+    );
 
     let restarted = TestServer::start_in(dir, |_| {}).await;
     assert_eq!(restarted.token(), token);

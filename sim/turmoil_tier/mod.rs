@@ -12,6 +12,8 @@
 
 mod checks;
 mod net;
+#[cfg(test)]
+mod ping_policy;
 mod schedule;
 
 use std::cell::{Cell, RefCell};
@@ -58,7 +60,12 @@ const CLIENTS: [(Cardinality, &[&str]); 3] = [
     (Cardinality::Low, &["container_id", "process", "internal"]),
 ];
 
-/// Scaled-down timings shared by every client and scenario.
+/// Scaled-down timings shared by every client and scenario. The 5 s PING
+/// interval is far below what gRPC servers allow by default (5 min, see
+/// [`remote_tagger::client::GRPC_SERVER_MIN_PING_INTERVAL`]); our server
+/// enforces no ping policy, so the simulations may ping this often, and set
+/// it explicitly for that reason. (The `ping_policy` tests check the
+/// defaults against a server that enforces grpc-go's policy.)
 struct Timings {
     backoff: BackoffConfig,
     connect_timeout: Duration,

@@ -141,6 +141,7 @@ fn effective_config(
         "datadog_config": connect.datadog_config.as_deref().map(path),
         "server_name": connect.server_name,
         "client_cert_file": connect.client_cert_file.as_deref().map(path),
+        "no_client_cert": connect.no_client_cert,
         "insecure_skip_verify": connect.insecure_skip_verify,
         "insecure_plaintext": connect.insecure_plaintext,
         "cardinality": args.subscription.cardinality.as_str(),

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use remote_tagger::client::{ClientConfig, TlsMode, TlsSettings};
+use remote_tagger::client::{ClientCertificate, ClientConfig, TlsMode, TlsSettings};
 use remote_tagger::datadog_config::AgentEndpoint;
 use remote_tagger::defaults;
 use remote_tagger::domain::Cardinality;
@@ -108,11 +108,23 @@ pub struct ServeArgs {
     #[arg(long, env = "REMOTE_TAGGER_AUTH_TOKEN_FILE", default_value_os_t = defaults::auth_token_file())]
     pub auth_token_file: PathBuf,
 
-    /// PEM file with the certificate followed by its private key (the Datadog
-    /// ipc_cert.pem layout); a self-signed P-256 one for localhost, 127.0.0.1
-    /// and ::1 is generated there (mode 0600) if absent.
+    /// PEM file with the certificate followed by its private key (SEC1,
+    /// PKCS#8 or PKCS#1), e.g. a Datadog Agent's ipc_cert.pem. If absent, one
+    /// is generated there (mode 0600) laid out as the Agent's: self-signed
+    /// P-256 CA for localhost, 127.0.0.1 and ::1, then an EC PRIVATE KEY.
+    /// Client certificates are verified against it.
     #[arg(long, env = "REMOTE_TAGGER_CERT_FILE", default_value_os_t = defaults::cert_file())]
     pub cert_file: PathBuf,
+
+    /// Refuse clients that present no certificate of --cert-file (its own,
+    /// or one it signed), as a Datadog Agent's IPC server does. Without it a
+    /// certificate is still verified when presented.
+    #[arg(
+        long,
+        env = "REMOTE_TAGGER_REQUIRE_CLIENT_CERT",
+        conflicts_with = "insecure_plaintext"
+    )]
+    pub require_client_cert: bool,
 
     /// Serve the entities of this JSON file ([{"id": "container_id://abc",
     /// "low": [...], "orchestrator": [...], "high": [...], "standard": [...]}]),
@@ -210,12 +222,32 @@ pub struct UpstreamArgs {
     pub auth_token_file: Option<PathBuf>,
 
     #[arg(id = "upstream_ca_file", long = "upstream-ca-file", env = "REMOTE_TAGGER_UPSTREAM_CA_FILE", requires = "relay", help = default_help(
-        "Relay: the PEM file the upstream's certificate is verified against",
+        "Relay: the PEM file the upstream's certificate is verified against \
+         (see --ca-file); its pair is presented as the client certificate when it holds a key",
         &defaults::cert_file(),
         "ipc_cert_file_path",
         "--upstream-datadog-config",
     ))]
     pub ca_file: Option<PathBuf>,
+
+    /// Relay: present this certificate and key to the upstream instead.
+    #[arg(
+        id = "upstream_client_cert_file",
+        long = "upstream-client-cert-file",
+        env = "REMOTE_TAGGER_UPSTREAM_CLIENT_CERT_FILE",
+        requires = "relay"
+    )]
+    pub client_cert_file: Option<PathBuf>,
+
+    /// Relay: present no client certificate to the upstream.
+    #[arg(
+        id = "upstream_no_client_cert",
+        long = "upstream-no-client-cert",
+        env = "REMOTE_TAGGER_UPSTREAM_NO_CLIENT_CERT",
+        requires = "relay",
+        conflicts_with = "upstream_client_cert_file"
+    )]
+    pub no_client_cert: bool,
 
     /// Relay: the name the upstream's certificate must be valid for.
     #[arg(
@@ -239,7 +271,8 @@ impl UpstreamArgs {
             ca_file: self.ca_file.clone(),
             datadog_config: self.datadog_config.clone(),
             server_name: self.server_name.clone(),
-            client_cert_file: None,
+            client_cert_file: self.client_cert_file.clone(),
+            no_client_cert: self.no_client_cert,
             insecure_skip_verify: false,
             insecure_plaintext: false,
         };
@@ -298,8 +331,12 @@ pub struct ConnectArgs {
     pub auth_token_file: Option<PathBuf>,
 
     #[arg(long, env = "REMOTE_TAGGER_CA_FILE", help = default_help(
-        "PEM file the server's certificate is verified against (a Datadog Agent's \
-         or our server's `ipc_cert.pem` works as its own CA)",
+        "PEM file the server is verified against: a Datadog Agent's or our \
+         server's `ipc_cert.pem`. A self-signed certificate of the file that the server \
+         presents as is passes whatever its CA flag and names (as Datadog's clients pin \
+         it); any other must chain to one of the file's and be valid for --server-name. \
+         When the file also holds the private key (as ipc_cert.pem does), that pair is \
+         the client certificate",
         &defaults::cert_file(),
         "ipc_cert_file_path",
         "--datadog-config",
@@ -319,10 +356,19 @@ pub struct ConnectArgs {
     #[arg(long, env = "REMOTE_TAGGER_SERVER_NAME", default_value = "localhost")]
     pub server_name: String,
 
-    /// PEM file with a client certificate followed by its key, for servers that
-    /// require mutual TLS.
+    /// PEM file with the client certificate followed by its key, presented
+    /// instead of the --ca-file's pair.
     #[arg(long, env = "REMOTE_TAGGER_CLIENT_CERT_FILE")]
     pub client_cert_file: Option<PathBuf>,
+
+    /// Present no client certificate, even if --ca-file holds a key. A
+    /// Datadog Agent then refuses the connection.
+    #[arg(
+        long,
+        env = "REMOTE_TAGGER_NO_CLIENT_CERT",
+        conflicts_with = "client_cert_file"
+    )]
+    pub no_client_cert: bool,
 
     /// DANGEROUS: accept any server certificate. Anyone on the path can then
     /// impersonate the server and steal the token. For debugging only.
@@ -550,10 +596,15 @@ impl ConnectArgs {
                 ca_file: endpoint.ipc_cert_file,
             }
         };
+        let client_certificate = match (&self.client_cert_file, self.no_client_cert) {
+            (_, true) => ClientCertificate::None,
+            (Some(path), false) => ClientCertificate::File(path.clone()),
+            (None, false) => ClientCertificate::FromTrustFile,
+        };
         config.tls = TlsSettings {
             mode,
             server_name: self.server_name.clone(),
-            client_cert_file: self.client_cert_file.clone(),
+            client_certificate,
         };
         if let Some(subscription) = subscription {
             config.cardinality = subscription.cardinality;

@@ -67,6 +67,7 @@ fn served(ended: Result<(), server::ServeError>) -> Outcome {
 async fn start_serving(args: ServeArgs) -> Result<(Server, Option<MetricsEndpoint>), String> {
     let mut config = ServeConfig::new(args.auth_token_file, args.cert_file);
     config.listen = args.listen;
+    config.require_client_cert = args.require_client_cert;
     let host = || Source::Host {
         root: args.host_root.clone(),
         interval: Duration::from_millis(args.host_scan_interval_ms),
@@ -102,10 +103,10 @@ async fn start_serving(args: ServeArgs) -> Result<(Server, Option<MetricsEndpoin
         "remote-tagger: serving {} entities on {} ({}); token file {}{}",
         server.store().stats().store_entities,
         server.local_addr(),
-        if args.insecure_plaintext {
-            "plaintext"
-        } else {
-            "TLS"
+        match (args.insecure_plaintext, args.require_client_cert) {
+            (true, _) => "plaintext",
+            (false, true) => "TLS, client certificates required",
+            (false, false) => "TLS",
         },
         config.auth_token_file.display(),
         if args.insecure_plaintext {

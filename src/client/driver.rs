@@ -7,19 +7,30 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tonic::Streaming;
+use tonic::transport::Channel;
 
 use super::transport::{self, BoxFuture, Dialer};
 use super::{ClientConfig, ClientStatus};
 use crate::core::{ClientCore, Command, ConnectionId, ConnectionState, CoreConfig, Event};
 use crate::mirror::{MirrorReader, MirrorWriter};
 use crate::proto::encoded::EncodedStreamTagsResponse;
+use crate::proto::encoded::agent_secure_client::AgentSecureClient;
 use crate::proto::model::StreamTagsRequest;
 
 /// Responses as the wire carries them: each event still encoded, read in
 /// place by the core.
 type ResponseStream = Streaming<EncodedStreamTagsResponse>;
 
-type PendingOpen = BoxFuture<Result<ResponseStream, String>>;
+/// An open stream and the client that opened it, kept as long as the
+/// stream: hyper counts a connection whose last client handle is gone as
+/// idle, open stream or not, and sends no keep-alive PING on an idle
+/// connection (`keep_alive_while_idle(false)`, the default).
+struct OpenStream {
+    responses: ResponseStream,
+    _client: AgentSecureClient<Channel>,
+}
+
+type PendingOpen = BoxFuture<Result<OpenStream, String>>;
 
 pub(super) struct Driver {
     core: ClientCore,
@@ -75,7 +86,7 @@ impl Driver {
     }
 
     pub(super) async fn run(mut self) {
-        let mut stream: Option<(ConnectionId, ResponseStream)> = None;
+        let mut stream: Option<(ConnectionId, OpenStream)> = None;
         let mut pending: Option<(ConnectionId, PendingOpen)> = None;
         loop {
             self.execute_commands(&mut stream, &mut pending);
@@ -124,7 +135,7 @@ impl Driver {
 
     fn execute_commands(
         &mut self,
-        stream: &mut Option<(ConnectionId, ResponseStream)>,
+        stream: &mut Option<(ConnectionId, OpenStream)>,
         pending: &mut Option<(ConnectionId, PendingOpen)>,
     ) {
         while let Some(command) = self.core.poll_command() {
@@ -158,7 +169,10 @@ impl Driver {
                 .tagger_stream_entities(request)
                 .await
                 .map_err(|status| transport::describe(&status))?;
-            Ok(response.into_inner())
+            Ok(OpenStream {
+                responses: response.into_inner(),
+                _client: client,
+            })
         })
     }
 
@@ -236,13 +250,13 @@ fn now() -> std::time::Instant {
 
 /// The next message of the open stream; pends forever when there is none.
 async fn next_message(
-    stream: &mut Option<(ConnectionId, ResponseStream)>,
+    stream: &mut Option<(ConnectionId, OpenStream)>,
 ) -> (
     ConnectionId,
     Result<Option<EncodedStreamTagsResponse>, tonic::Status>,
 ) {
     match stream {
-        Some((id, stream)) => (*id, stream.message().await),
+        Some((id, stream)) => (*id, stream.responses.message().await),
         None => std::future::pending().await,
     }
 }
@@ -250,7 +264,7 @@ async fn next_message(
 /// The outcome of the pending open; pends forever when there is none.
 async fn open_outcome(
     pending: &mut Option<(ConnectionId, PendingOpen)>,
-) -> (ConnectionId, Result<ResponseStream, String>) {
+) -> (ConnectionId, Result<OpenStream, String>) {
     match pending {
         Some((id, open)) => (*id, open.await),
         None => std::future::pending().await,

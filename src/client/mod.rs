@@ -28,7 +28,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-pub use transport::{BoxFuture, Dialer, Io, TcpDialer, TlsMode, TlsSettings};
+pub use transport::{BoxFuture, ClientCertificate, Dialer, Io, TcpDialer, TlsMode, TlsSettings};
 
 use crate::core::{BackoffConfig, ClientTelemetry, ConnectionState, CoreConfig, Event};
 use crate::domain::{Cardinality, EntityId};
@@ -37,6 +37,27 @@ use crate::proto::model::FetchEntityRequest;
 
 /// Default largest message the client accepts (the Datadog default).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+/// The least time gRPC servers let pass between two PINGs of a client by
+/// default: grpc-go's `keepalive.EnforcementPolicy.MinTime` (the Agent is
+/// a grpc-go server), C-core's `grpc.http2.min_ping_interval_without_data_ms`.
+/// A server that gets PINGs closer together, with no data or headers sent in
+/// between, counts strikes, and on the third answers GOAWAY
+/// `ENHANCE_YOUR_CALM` "too_many_pings" and closes the connection.
+pub const GRPC_SERVER_MIN_PING_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
+/// The default HTTP/2 PING interval. hyper sends a PING once this long has
+/// passed without reading anything (a frame of the stream, or the last
+/// PING's ACK), so two PINGs are always this long plus a round trip apart,
+/// on the server's clock too: the second leaves after the first's ACK came
+/// back. 5 minutes would do against grpc-go's strict check; the 10 s more
+/// cover a server whose clock runs a little faster or whose check is not
+/// strict.
+pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: Duration =
+    GRPC_SERVER_MIN_PING_INTERVAL.saturating_add(Duration::from_secs(10));
+
+/// How long a PING may go unanswered before the connection is dropped.
+pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the client needs to mirror one server.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,10 +72,24 @@ pub struct ClientConfig {
     pub prefixes: Vec<String>,
     /// Limit on TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
-    /// HTTP/2 PING interval and the time a PING may go unanswered: without
-    /// them a partitioned stream hangs until the 10 min receive watchdog.
+    /// HTTP/2 PING interval (after this long without reading anything) and
+    /// the time a PING may go unanswered. The defaults
+    /// ([`DEFAULT_HTTP2_KEEPALIVE_INTERVAL`]) keep to the ping policy every
+    /// gRPC server enforces by default (see
+    /// [`GRPC_SERVER_MIN_PING_INTERVAL`]); shorter intervals get the stream
+    /// cut with "too_many_pings" by a Datadog Agent, and the mirror resynced,
+    /// every few minutes. PINGs only shorten the time to notice a dead
+    /// connection: an idle stream's liveness comes from the server's
+    /// keep-alive messages (every 9 min from a Datadog Agent) and the
+    /// [`receive_timeout`](Self::receive_timeout) watchdog (10 min), as with
+    /// Datadog's own clients. Simulations set shorter intervals against
+    /// servers that allow them.
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
+    /// Whether to PING a connection that has no stream open. Off by
+    /// default: gRPC servers allow that once every 2 hours at most, and a
+    /// connection here only lacks a stream while it opens one.
+    pub http2_keepalive_while_idle: bool,
     pub max_message_size: usize,
     pub receive_timeout: Duration,
     pub backoff: BackoffConfig,
@@ -74,8 +109,9 @@ impl ClientConfig {
             cardinality: Cardinality::High,
             prefixes: Vec::new(),
             connect_timeout: Duration::from_secs(5),
-            http2_keepalive_interval: Duration::from_secs(20),
-            http2_keepalive_timeout: Duration::from_secs(10),
+            http2_keepalive_interval: DEFAULT_HTTP2_KEEPALIVE_INTERVAL,
+            http2_keepalive_timeout: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT,
+            http2_keepalive_while_idle: false,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             receive_timeout: crate::core::DEFAULT_RECEIVE_TIMEOUT,
             backoff: BackoffConfig::default(),

@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::{self, ClientConfig as RustlsConfig, RootCertStore};
+use tokio_rustls::rustls::{self, ClientConfig as RustlsConfig};
 
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -22,6 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::{ClientConfig, ClientError};
 use crate::error_text::error_chain;
 use crate::proto::encoded::agent_secure_client::AgentSecureClient;
+use crate::trust::{PemBlocks, TrustFile};
 
 /// A boxed future, as the dialer and connector return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -59,8 +59,12 @@ impl Dialer for TcpDialer {
 /// How the client protects and authenticates the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsMode {
-    /// Verify the server's certificate against the certificates of this PEM
-    /// file (the server's own `ipc_cert.pem` works: it is self-signed).
+    /// Verify the server against the certificates of this PEM file, as
+    /// Datadog's clients do: a self-signed certificate of the file that the
+    /// server presents byte for byte is accepted within its validity period,
+    /// whatever its CA flag and names (a Datadog Agent's `ipc_cert.pem`, or
+    /// the file `serve` writes); any other certificate must chain to one of
+    /// the file's and be valid for the server name.
     Verify { ca_file: PathBuf },
     /// Encrypt but accept any server certificate. Only for debugging: anyone
     /// on the path can impersonate the server and read the token.
@@ -69,19 +73,36 @@ pub enum TlsMode {
     InsecurePlaintext,
 }
 
+/// The certificate the client presents to servers that ask for one. Every
+/// Datadog Agent's IPC server has required one since 2025: the pair of its
+/// `ipc_cert.pem`, which every Agent process presents.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ClientCertificate {
+    /// The certificate and private key of the trust file ([`TlsMode::Verify`]'s
+    /// `ca_file`) when it holds a key after its certificate (the
+    /// `ipc_cert.pem` layout; SEC1, PKCS#8 or PKCS#1 key); none when it
+    /// holds no key, or without a trust file.
+    #[default]
+    FromTrustFile,
+    /// A PEM file holding a certificate (chain) followed by its private key.
+    File(PathBuf),
+    /// Never present one.
+    None,
+}
+
 /// TLS settings of the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     pub mode: TlsMode,
-    /// The name the server's certificate must carry (Datadog: `localhost`).
+    /// The name the server's certificate must carry (Datadog: `localhost`);
+    /// not checked for a pinned certificate, as Datadog's clients do not.
     pub server_name: String,
-    /// A PEM file holding our certificate followed by its private key, for
-    /// servers that require mutual TLS.
-    pub client_cert_file: Option<PathBuf>,
+    pub client_certificate: ClientCertificate,
 }
 
 /// Verifies by default, against the certificate `serve` writes (see
-/// [`crate::defaults`]); anything weaker must be asked for by name.
+/// [`crate::defaults`]), and presents that file's pair; anything weaker must
+/// be asked for by name.
 impl Default for TlsSettings {
     fn default() -> Self {
         Self {
@@ -89,7 +110,7 @@ impl Default for TlsSettings {
                 ca_file: crate::defaults::cert_file(),
             },
             server_name: "localhost".to_owned(),
-            client_cert_file: None,
+            client_certificate: ClientCertificate::default(),
         }
     }
 }
@@ -102,55 +123,68 @@ pub(crate) fn rustls_config(tls: &TlsSettings) -> Result<Option<Arc<RustlsConfig
     let builder = RustlsConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Tls(format!("TLS setup failed: {e}")))?;
-    let builder = match &tls.mode {
+    // `dangerous()` is only rustls's door to custom verifiers: the trust
+    // file's verifier verifies (pinned or chained), only the explicit
+    // `InsecureSkipVerify` accepts anything.
+    let (builder, trust_file_pair) = match &tls.mode {
         TlsMode::InsecurePlaintext => return Ok(None),
-        TlsMode::Verify { ca_file } => builder.with_root_certificates(load_roots(ca_file)?),
-        TlsMode::InsecureSkipVerify => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyServer { provider })),
-    };
-    let mut config = match &tls.client_cert_file {
-        None => builder.with_no_client_auth(),
-        Some(path) => {
-            let (chain, key) = load_identity(path)?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| {
-                ClientError::Tls(format!("client certificate {}: {e}", path.display()))
-            })?
+        TlsMode::Verify { ca_file } => {
+            let blocks = read_pem(ca_file)?;
+            let verifier = TrustFile::new(&blocks.certificates, provider)
+                .and_then(|trust| trust.server_verifier())
+                .map_err(|e| file_error(ca_file, &e))?;
+            let pair = blocks
+                .key
+                .map(|key| (blocks.certificates, key, ca_file.as_path()));
+            (
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier),
+                pair,
+            )
         }
+        TlsMode::InsecureSkipVerify => (
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyServer { provider })),
+            None,
+        ),
+    };
+    let pair = match &tls.client_certificate {
+        ClientCertificate::None => None,
+        ClientCertificate::FromTrustFile => trust_file_pair,
+        ClientCertificate::File(path) => {
+            let blocks = read_pem(path)?;
+            if blocks.certificates.is_empty() {
+                return Err(file_error(path, "holds no PEM certificate"));
+            }
+            let key = blocks.key.ok_or_else(|| {
+                file_error(path, "holds no PEM private key after its certificate")
+            })?;
+            Some((blocks.certificates, key, path.as_path()))
+        }
+    };
+    let mut config = match pair {
+        None => builder.with_no_client_auth(),
+        Some((chain, key, path)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
+            file_error(
+                path,
+                &format!("its certificate and key are not usable as a client certificate: {e}"),
+            )
+        })?,
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Some(Arc::new(config)))
 }
 
-fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
-    let bad = |what: String| ClientError::Tls(format!("{}: {what}", path.display()));
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(format!("cannot read certificates: {e}")))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(format!("malformed PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(bad("holds no PEM certificate".to_owned()));
-    }
-    Ok(certs)
+fn file_error(path: &Path, what: &str) -> ClientError {
+    ClientError::Tls(format!("{}: {what}", path.display()))
 }
 
-fn load_roots(path: &Path) -> Result<RootCertStore, ClientError> {
-    let mut roots = RootCertStore::empty();
-    for cert in load_certificates(path)? {
-        roots.add(cert).map_err(|e| {
-            ClientError::Tls(format!("{}: unusable CA certificate: {e}", path.display()))
-        })?;
-    }
-    Ok(roots)
-}
-
-fn load_identity(
-    path: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ClientError> {
-    let chain = load_certificates(path)?;
-    let key = PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| ClientError::Tls(format!("{}: no usable private key: {e}", path.display())))?;
-    Ok((chain, key))
+fn read_pem(path: &Path) -> Result<PemBlocks, ClientError> {
+    let text = std::fs::read(path)
+        .map_err(|e| file_error(path, &format!("cannot read certificates: {e}")))?;
+    PemBlocks::parse(&text).map_err(|e| file_error(path, &format!("malformed PEM: {e}")))
 }
 
 /// Reads the bearer token: trimmed, and never echoed in errors.
@@ -194,7 +228,7 @@ pub(crate) async fn connect(
         .connect_timeout(config.connect_timeout)
         .http2_keep_alive_interval(config.http2_keepalive_interval)
         .keep_alive_timeout(config.http2_keepalive_timeout)
-        .keep_alive_while_idle(true)
+        .keep_alive_while_idle(config.http2_keepalive_while_idle)
         .max_frame_size(MAX_FRAME_SIZE);
     let channel = endpoint
         .connect_with_connector(connector)
@@ -215,9 +249,16 @@ pub(crate) fn authorized<T>(message: T, token: &str) -> Result<tonic::Request<T>
     Ok(request)
 }
 
-/// A gRPC status as one line: code and message.
+/// A gRPC status as one line: code, message and the transport's causes
+/// (where a refused client certificate shows, as the server's TLS alert).
 pub(crate) fn describe(status: &tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    let (code, message) = (status.code(), status.message());
+    match std::error::Error::source(status).map(error_chain) {
+        // tonic's message is its source's first line ("transport error").
+        Some(causes) if causes.starts_with(message) => format!("{code:?}: {causes}"),
+        Some(causes) => format!("{code:?}: {message}: {causes}"),
+        None => format!("{code:?}: {message}"),
+    }
 }
 
 /// The tower connector tonic uses for one attempt: dial, then TLS if set.
@@ -302,5 +343,26 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Datadog's Rust client sends the file's raw contents; we send the
+    /// token without the whitespace around it, which servers compare.
+    #[test]
+    fn the_token_is_read_without_surrounding_whitespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth_token");
+        std::fs::write(&path, " \tabc123\r\n").unwrap();
+        assert_eq!(read_token(&path).unwrap(), "abc123");
+        std::fs::write(&path, "\r\n").unwrap();
+        let error = read_token(&path).unwrap_err();
+        assert!(
+            error.contains("auth_token") && error.contains("empty"),
+            "{error}"
+        );
     }
 }

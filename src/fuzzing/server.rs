@@ -12,7 +12,6 @@ use tonic::{Code, Request, Status};
 
 use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, KNOWN_PREFIXES};
 use crate::harness::{harness_entity, harness_id};
-use crate::proto::encoded::EncodedStreamTagsResponse;
 use crate::proto::encoded::agent_secure_server::AgentSecure;
 use crate::proto::model::{self as pb, FetchEntityRequest, StreamTagsRequest, StreamTagsResponse};
 use crate::server::{
@@ -444,7 +443,7 @@ impl Caller<'_> {
 
 /// The client end of one stream: what it received so far, as a store.
 struct StreamClient {
-    responses: tokio_stream::wrappers::ReceiverStream<Result<EncodedStreamTagsResponse, Status>>,
+    responses: <TaggerService as AgentSecure>::TaggerStreamEntitiesStream,
     filter: PrefixFilter,
     cardinality: Cardinality,
     epoch: String,

@@ -276,11 +276,14 @@ mod tests {
                 .await
                 .is_ok()
         );
-        assert!(
-            auth.check(&metadata(Some(&format!("bearer {token}"))))
-                .await
-                .is_ok()
-        );
+        // Datadog's Rust client writes the scheme in lower case; any case goes.
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            let header = format!("{scheme} {token}");
+            assert!(
+                auth.check(&metadata(Some(&header))).await.is_ok(),
+                "{header}"
+            );
+        }
         for bad in [
             None,
             Some("Bearer"),
@@ -293,6 +296,20 @@ mod tests {
             assert_eq!(status.code(), tonic::Code::Unauthenticated, "{bad:?}");
             assert!(!status.message().contains(&token));
         }
+    }
+
+    /// Editors and `echo` add newlines, Windows tools CRLF: the file's
+    /// surrounding whitespace is not part of the token.
+    #[tokio::test]
+    async fn a_token_file_with_surrounding_whitespace_holds_the_bare_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth_token");
+        let token = "c".repeat(64);
+        std::fs::write(&path, format!(" \t{token}\r\n\n")).unwrap();
+        let auth = Authenticator::from_token_file(&path).unwrap();
+        let bearer = |token: &str| metadata(Some(&format!("Bearer {token}")));
+        assert!(auth.check(&bearer(&token)).await.is_ok());
+        assert!(auth.check(&bearer(&format!("x{token}"))).await.is_err());
     }
 
     #[tokio::test]

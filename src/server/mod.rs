@@ -14,6 +14,7 @@
 //!   CLI runs it: listener, token file, certificate, source.
 
 mod auth;
+mod connections;
 mod entities_file;
 mod health;
 mod host_source;
@@ -153,8 +154,12 @@ pub struct ServeConfig {
     /// Bearer token file; created with a random token when absent.
     pub auth_token_file: PathBuf,
     /// PEM certificate followed by its key; generated when absent (TLS only).
+    /// Client certificates, when presented, are verified against it.
     pub cert_file: PathBuf,
     pub tls: TlsMode,
+    /// Refuse clients that present no certificate (the Datadog Agent's
+    /// `RequireAndVerifyClientCert`); TLS only.
+    pub require_client_cert: bool,
     pub source: Source,
     /// How often an entities file is checked for changes.
     pub file_poll_interval: Duration,
@@ -172,6 +177,7 @@ impl ServeConfig {
             auth_token_file: auth_token_file.into(),
             cert_file: cert_file.into(),
             tls: TlsMode::default(),
+            require_client_cert: false,
             source: Source::default(),
             file_poll_interval: DEFAULT_FILE_POLL_INTERVAL,
             change_log_capacity: DEFAULT_CHANGE_LOG_CAPACITY,
@@ -181,6 +187,11 @@ impl ServeConfig {
 
     fn validate(&self) -> Result<(), ServeError> {
         let invalid = |what: String| Err(ServeError::Config(what));
+        if self.require_client_cert && self.tls == TlsMode::InsecurePlaintext {
+            return invalid(
+                "client certificates need TLS: drop plaintext or the requirement".to_owned(),
+            );
+        }
         if let Source::Workload { churn_per_sec, .. } = self.source
             && !(0.0..=MAX_CHURN_PER_SEC).contains(&churn_per_sec)
         {
@@ -251,7 +262,13 @@ impl ServeError {
 /// How `serve_incoming` secures connections.
 #[derive(Debug, Clone)]
 pub enum Security {
-    Tls(TlsIdentity),
+    /// TLS with this identity; client certificates, when presented, must be
+    /// the identity's own or chain to it, and are mandatory when
+    /// `require_client_cert`.
+    Tls {
+        identity: TlsIdentity,
+        require_client_cert: bool,
+    },
     /// No encryption (tests, simulations): the token crosses the wire in clear.
     InsecurePlaintext,
 }
@@ -266,7 +283,9 @@ pub enum Security {
 /// abandoned.
 ///
 /// `incoming` is any stream of connections: a [`TcpIncoming`], or a
-/// simulated network's listener wrapped to implement [`Connected`].
+/// simulated network's listener wrapped to implement [`Connected`]. TLS is
+/// terminated here, one task per handshake (bounded to 10 s); an accept
+/// error pauses accepting (5 ms doubling to 1 s) rather than spinning.
 pub async fn serve_incoming<I, IO, IE>(
     service: TaggerService,
     security: Security,
@@ -278,23 +297,30 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = tonic::transport::Server::builder();
-    match &security {
-        Security::Tls(identity) => {
-            builder = builder
-                .tls_config(identity.server_config())
-                .map_err(|e| ServeError::Transport(error_chain(&e)))?;
+    let acceptor = match &security {
+        Security::Tls {
+            identity,
+            require_client_cert,
+        } => {
+            let config = identity
+                .rustls_config(*require_client_cert)
+                .map_err(|e| ServeError::Transport(e.to_string()))?;
+            Some(tokio_rustls::TlsAcceptor::from(config))
         }
-        Security::InsecurePlaintext => tracing::warn!(
-            "serving the tagger WITHOUT TLS: auth tokens and tags cross the network in clear"
-        ),
-    }
+        Security::InsecurePlaintext => {
+            tracing::warn!(
+                "serving the tagger WITHOUT TLS: auth tokens and tags cross the network in clear"
+            );
+            None
+        }
+    };
+    let incoming = connections::Connections::new(incoming, acceptor);
     let store = service.store().clone();
     let grace = service.config().shutdown_grace;
     let (health, health_service) = health::Health::serving().await;
     let (reflection_v1, reflection_v1alpha) = health::reflection_services()?;
     let (stop_accepting, stop_accepting_signal) = tokio::sync::oneshot::channel::<()>();
-    let server = builder
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -369,7 +395,10 @@ impl Server {
             .map_err(|e| ServeError::listen(config.listen, &e))?;
         let auth = Authenticator::from_token_file(&config.auth_token_file)?;
         let security = match config.tls {
-            TlsMode::Tls => Security::Tls(TlsIdentity::load_or_generate(&config.cert_file)?),
+            TlsMode::Tls => Security::Tls {
+                identity: TlsIdentity::load_or_generate(&config.cert_file)?,
+                require_client_cert: config.require_client_cert,
+            },
             TlsMode::InsecurePlaintext => Security::InsecurePlaintext,
         };
         let epoch = Epoch::random().map_err(ServeError::Randomness)?;
@@ -408,7 +437,8 @@ impl Server {
             %local_addr,
             epoch = %store.epoch(),
             entities = store.stats().store_entities,
-            tls = matches!(security, Security::Tls(_)),
+            tls = matches!(security, Security::Tls { .. }),
+            require_client_cert = config.require_client_cert,
             "tagger server ready"
         );
         Ok(Self {

@@ -5,6 +5,10 @@
 //! tonic reads from; a send that cannot be queued within the send timeout
 //! means the client stopped reading, and ends the stream.
 //!
+//! Every end the server chooses carries an error status saying why, never
+//! OK: Datadog's Rust client reopens at once after an OK end, where an
+//! error makes it back off (so does ours).
+//!
 //! The `revision` of a response is a resume point: once a client has applied
 //! that response, it holds the store's state at that revision (for its
 //! prefixes and cardinality). Snapshot chunks carry the snapshot's revision,
@@ -15,13 +19,15 @@
 //! revision sent; the empty placeholder a stream gets while it waits for a
 //! snapshot slot carries 0 (nothing to resume from yet).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::auth::Authenticator;
@@ -172,11 +178,57 @@ impl StreamRequest {
     }
 }
 
-type ResponseSender = mpsc::Sender<Result<EncodedStreamTagsResponse, Status>>;
+type ResponseSender = mpsc::Sender<EncodedStreamTagsResponse>;
+
+/// One stream's responses as tonic reads them: whatever the stream's task
+/// sent, then the status it ended with. The task hands its status over
+/// beside the channel rather than through it, so the status needs no free
+/// slot: a client that stopped reading still gets it after the responses
+/// queued before it.
+#[derive(Debug)]
+pub struct TaggerResponses {
+    responses: mpsc::Receiver<EncodedStreamTagsResponse>,
+    /// The ending status; `None` once it was yielded.
+    end: Option<oneshot::Receiver<Status>>,
+}
+
+impl TaggerResponses {
+    fn new() -> (Self, ResponseSender, oneshot::Sender<Status>) {
+        // One slot: the task learns at once when tonic stops taking
+        // responses, which is what the send timeout measures.
+        let (responses_tx, responses) = mpsc::channel(1);
+        let (end_tx, end) = oneshot::channel();
+        let stream = Self {
+            responses,
+            end: Some(end),
+        };
+        (stream, responses_tx, end_tx)
+    }
+}
+
+impl Stream for TaggerResponses {
+    type Item = Result<EncodedStreamTagsResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(end) = this.end.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(response) = std::task::ready!(this.responses.poll_recv(cx)) {
+            return Poll::Ready(Some(Ok(response)));
+        }
+        let status = std::task::ready!(Pin::new(end).poll(cx)).unwrap_or_else(|_| {
+            // The task is gone without a word: it panicked.
+            Status::internal("tagger stream ended unexpectedly on the server; reconnect to resync")
+        });
+        this.end = None;
+        Poll::Ready(Some(Err(status)))
+    }
+}
 
 #[tonic::async_trait]
 impl AgentSecure for TaggerService {
-    type TaggerStreamEntitiesStream = ReceiverStream<Result<EncodedStreamTagsResponse, Status>>;
+    type TaggerStreamEntitiesStream = TaggerResponses;
 
     async fn tagger_stream_entities(
         &self,
@@ -192,11 +244,9 @@ impl AgentSecure for TaggerService {
             resume = request.resume.is_some(),
             "tagger stream opened"
         );
-        // One slot: the task learns at once when tonic stops taking
-        // responses, which is what the send timeout measures.
-        let (responses, receiver) = mpsc::channel(1);
-        tokio::spawn(self.clone().stream(request, responses, streaming_id));
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        let (responses, sender, end) = TaggerResponses::new();
+        tokio::spawn(self.clone().stream(request, sender, end, streaming_id));
+        Ok(Response::new(responses))
     }
 
     async fn tagger_fetch_entity(
@@ -293,7 +343,7 @@ impl Sink<'_> {
         let sent = tokio::select! {
             biased;
             end = halt.wait() => return Err(end),
-            sent = tokio::time::timeout(self.config.send_timeout, self.responses.send(Ok(response))) => sent,
+            sent = tokio::time::timeout(self.config.send_timeout, self.responses.send(response)) => sent,
         };
         match sent {
             Ok(Ok(())) => {
@@ -358,14 +408,21 @@ impl Sink<'_> {
 }
 
 impl TaggerService {
-    /// Runs one stream to its end, then reports how it ended.
-    async fn stream(self, request: StreamRequest, responses: ResponseSender, streaming_id: String) {
+    /// Runs one stream to its end, then hands tonic the status saying why.
+    async fn stream(
+        self,
+        request: StreamRequest,
+        responses: ResponseSender,
+        end_status: oneshot::Sender<Status>,
+        streaming_id: String,
+    ) {
         let inner = &*self.inner;
+        let config = &inner.config;
         let telemetry = inner.store.telemetry();
         let _subscriber = GaugeGuard::raise(&telemetry.subscribers);
         let mut sink = Sink {
-            responses: responses.clone(),
-            config: &inner.config,
+            responses,
+            config,
             telemetry,
             cardinality: request.cardinality,
             epoch: inner.store.epoch().as_str().to_owned(),
@@ -373,45 +430,44 @@ impl TaggerService {
             synced_revision: 0,
         };
         let end = self.run_stream(&request, &mut sink).await;
-        drop(sink);
         let status = match end {
             StreamEnd::ClientGone => {
                 tracing::debug!(streaming_id, "tagger stream closed by the client");
-                None
+                // Nobody is left to read it.
+                Status::cancelled("the client closed the stream")
             }
             StreamEnd::SendTimeout => {
                 increment(&telemetry.stream_errors);
                 tracing::warn!(
                     streaming_id,
-                    timeout = ?inner.config.send_timeout,
+                    timeout = ?config.send_timeout,
                     "tagger stream ended: the client did not take a response within the send timeout"
                 );
-                Some(Status::deadline_exceeded(
-                    "send timed out; reconnect to resync",
+                Status::deadline_exceeded(format!(
+                    "the client did not take a response within the {:?} send timeout; reconnect to resync",
+                    config.send_timeout
                 ))
             }
             StreamEnd::Evicted => {
                 increment(&telemetry.stream_errors);
                 tracing::warn!(
                     streaming_id,
-                    buffer = inner.config.subscriber_buffer,
+                    buffer = config.subscriber_buffer,
                     "tagger stream ended: the subscriber fell behind and was evicted"
                 );
-                Some(Status::resource_exhausted(
-                    "subscriber too slow: its buffer overflowed; reconnect to resync",
+                Status::resource_exhausted(format!(
+                    "the subscriber fell behind: more than {} change batches were waiting for it; reconnect to resync",
+                    config.subscriber_buffer.max(1)
                 ))
             }
             StreamEnd::Shutdown => {
                 tracing::debug!(streaming_id, "tagger stream ended: server shutting down");
-                Some(Status::unavailable("tagger server is shutting down"))
+                Status::unavailable("the tagger server is shutting down; reconnect later")
             }
         };
-        // Bounded like any send: a client that stopped reading never gets
-        // it, and the task must not outlive that by more than a send timeout.
-        if let Some(status) = status {
-            let _ =
-                tokio::time::timeout(inner.config.send_timeout, responses.send(Err(status))).await;
-        }
+        // Set before the responses' sender goes (with `sink`), so the stream
+        // finds it once the responses before it are read.
+        let _ = end_status.send(status);
     }
 
     async fn run_stream(&self, request: &StreamRequest, sink: &mut Sink<'_>) -> StreamEnd {
@@ -554,5 +610,56 @@ async fn live(
             return end;
         }
         pending.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt as _;
+    use tonic::Code;
+
+    use super::*;
+
+    fn response(revision: u64) -> EncodedStreamTagsResponse {
+        EncodedStreamTagsResponse {
+            revision,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_status_comes_after_every_queued_response() {
+        let (mut stream, responses, end) = TaggerResponses::new();
+        responses.send(response(1)).await.unwrap();
+        end.send(Status::unavailable("why")).unwrap();
+        drop(responses);
+        assert_eq!(stream.next().await.unwrap().unwrap().revision, 1);
+        let status = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unavailable, "why")
+        );
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_task_gone_without_a_status_still_ends_the_stream_with_an_error() {
+        let (mut stream, responses, end) = TaggerResponses::new();
+        drop((responses, end));
+        let status = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(status.message().contains("reconnect"), "{status:?}");
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_stream_waits_for_a_status_set_after_the_responses_closed() {
+        let (mut stream, responses, end) = TaggerResponses::new();
+        drop(responses);
+        let reader = tokio::spawn(async move { stream.next().await });
+        tokio::task::yield_now().await;
+        end.send(Status::resource_exhausted("late")).unwrap();
+        let status = reader.await.unwrap().unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
     }
 }

@@ -2,8 +2,10 @@
 //! loopback port with its token and certificate in a temporary directory.
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod agent_tls;
 pub mod binary;
 pub mod children;
+pub mod datadog_client;
 pub mod plain_datadog;
 
 use std::future::Future;
@@ -85,6 +87,20 @@ impl TestServer {
             .unwrap();
         self.dir
     }
+}
+
+/// Enough data that a client which never reads blocks the server's sends
+/// (well past the HTTP/2 flow-control windows).
+pub fn fill_with_bulk(store: &StoreHandle, megabytes: usize) {
+    let tag = "b".repeat(64 * 1024);
+    store.apply((0..megabytes * 16).map(|i| {
+        remote_tagger::domain::EntityEvent::Added(entity(
+            &format!("process://bulk{i}"),
+            &[],
+            &[],
+            &[&tag],
+        ))
+    }));
 }
 
 pub fn entity(id: &str, low: &[&str], orchestrator: &[&str], high: &[&str]) -> Entity {
