@@ -1,13 +1,13 @@
 //! A tagger server shaped like a plain Datadog Agent's, for the CLI's tests:
-//! the generated `AgentSecure` service over TLS with a certificate made as
-//! `serve` makes one, the bearer token enforced as the Agent enforces it,
-//! and none of this project's extension fields on any response (no epoch,
-//! no `snapshotComplete`). What it sends is scripted ([`Script`]). It runs
-//! on its own runtime, so plain `#[test]`s can drive the binary with
-//! `std::process` while it serves.
+//! the generated `AgentSecure` service behind the Agent's IPC TLS (its
+//! certificate template, the client certificate required, see
+//! [`AgentIpcIncoming`]), the bearer token enforced as the Agent enforces
+//! it, and none of this project's extension fields on any response (no
+//! epoch, no `snapshotComplete`). What it sends is scripted ([`Script`]).
+//! It runs on its own runtime, so plain `#[test]`s can drive the binary
+//! with `std::process` while it serves.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,15 +15,11 @@ use std::time::Duration;
 use remote_tagger::domain::{Cardinality, Entity, EntityEvent};
 use remote_tagger::proto::api::agent_secure_server::{AgentSecure, AgentSecureServer};
 use remote_tagger::proto::model as pb;
-use remote_tagger::server::TlsIdentity;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use super::PATIENCE;
-
-/// The token the fixture expects: 64 hex characters, as the Agent writes.
-const TOKEN: &str = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
+use super::agent_tls::{AgentCert, AgentIpcIncoming, token};
 
 /// What the server does with each request.
 #[derive(Clone)]
@@ -62,36 +58,31 @@ struct Counts {
 impl PlainDatadog {
     pub fn start(script: Script) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("auth_token"), TOKEN).unwrap();
-        let identity = TlsIdentity::load_or_generate(dir.path().join("ipc_cert.pem")).unwrap();
+        std::fs::write(dir.path().join("auth_token"), token()).unwrap();
+        let identity = AgentCert::generate().pem;
+        std::fs::write(dir.path().join("ipc_cert.pem"), &identity).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
+        let versions = tokio_rustls::rustls::DEFAULT_VERSIONS;
+        let incoming = runtime.block_on(AgentIpcIncoming::listen(&identity, versions));
         let counts = Arc::new(Counts::default());
         let service = Service {
             script,
             counts: counts.clone(),
         };
-        let tls =
-            ServerTlsConfig::new().identity(Identity::from_pem(identity.pem(), identity.pem()));
         runtime.spawn(async move {
             tonic::transport::Server::builder()
-                .tls_config(tls)
-                .unwrap()
                 .add_service(AgentSecureServer::new(service))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .serve_with_incoming(incoming.connections)
                 .await
                 .unwrap();
         });
         Self {
             dir,
-            addr,
+            addr: incoming.addr,
             counts,
             runtime: Some(runtime),
         }
@@ -108,10 +99,6 @@ impl PlainDatadog {
             "--ca-file".to_owned(),
             file("ipc_cert.pem"),
         ]
-    }
-
-    pub fn cert_path(&self) -> PathBuf {
-        self.dir.path().join("ipc_cert.pem")
     }
 
     /// Streams opened with the right token so far.
@@ -155,7 +142,7 @@ impl Service {
     fn authenticate<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let presented = request.metadata().get("authorization");
         match presented.and_then(|value| value.to_str().ok()) {
-            Some(value) if value == format!("Bearer {TOKEN}") => Ok(()),
+            Some(value) if value == format!("Bearer {}", token()) => Ok(()),
             _ => Err(Status::unauthenticated("invalid auth token")),
         }
     }
