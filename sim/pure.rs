@@ -19,9 +19,10 @@ pub fn run(name: &str, seed: u64) -> Result<SeedOutcome, String> {
         trace_hash: outcome.trace_hash,
         simulated: outcome.simulated,
         detail: format!(
-            "converged {:.1}s after the heal (bound {:.1}s), {} snapshots, {} resumes, {} trace lines",
+            "converged {:.1}s after the heal (bound {:.1}s), {} connect attempts before it, {} snapshots, {} resumes, {} trace lines",
             outcome.time_to_converge.as_secs_f64(),
             outcome.liveness_bound.as_secs_f64(),
+            outcome.attempts_before_heal,
             outcome.snapshots_sent,
             outcome.resumes_sent,
             outcome.trace.len()

@@ -2,6 +2,7 @@
 
 mod cli;
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -28,10 +29,21 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(cli::run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("remote-tagger: error: {error}");
+        cli::Outcome::Done => ExitCode::SUCCESS,
+        cli::Outcome::Failed(error) => {
+            // It may quote a server (a gRPC status message).
+            eprintln!("remote-tagger: error: {}", cli::escape(&error));
             ExitCode::FAILURE
+        }
+        cli::Outcome::Interrupted(interruption) => {
+            // A progress line may be half-drawn; end it.
+            if std::io::stderr().is_terminal() {
+                eprintln!();
+            }
+            // Not waiting for blocking work (a DNS lookup, a file read)
+            // that cannot be interrupted.
+            runtime.shutdown_background();
+            ExitCode::from(interruption.exit_code())
         }
     }
 }

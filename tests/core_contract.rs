@@ -91,6 +91,7 @@ fn backoff_exposes_its_config() {
         max_interval: Duration::from_secs(2),
         multiplier: 2.0,
         randomization: 0.1,
+        reset_after: Duration::from_secs(3),
     };
     assert_eq!(Backoff::new(config.clone(), 1).config(), &config);
 }

@@ -4,9 +4,11 @@
 use std::time::{Duration, Instant};
 
 use remote_tagger::core::{
-    BackoffConfig, ClientCore, Command, ConnectionId, ConnectionState, CoreConfig, Event, Timer,
+    BackoffConfig, ClientCore, Command, ConnectionId, ConnectionState, CoreConfig,
+    DEFAULT_RESET_AFTER, Event, Timer,
 };
 use remote_tagger::domain::{Cardinality, Entity, EntityEvent, EntityId, KNOWN_PREFIXES};
+use remote_tagger::harness::scenario;
 use remote_tagger::mirror::{ChangeKind, MirrorWriter};
 use remote_tagger::proto::model::{self as pb, StreamTagsResponse};
 
@@ -378,23 +380,94 @@ fn refused_resume_gets_a_fresh_snapshot_that_drops_entities_deleted_meanwhile() 
 }
 
 #[test]
-fn backoff_resets_only_after_a_good_message() {
+fn backoff_resets_only_once_a_stream_stayed_up_its_reset_period_after_a_good_message() {
     let (mut client, id) = Client::connected();
     let (_, id) = client.reconnect(id);
     let (_, id) = client.reconnect(id);
     assert_eq!(client.core.backoff_interval(), Duration::from_millis(1125));
     client.respond(id, plain(vec![]));
     assert_eq!(
-        client.core.backoff_interval(),
-        Duration::from_millis(1125),
+        client.core.poll_timeout().unwrap().timer,
+        Timer::ReceiveWatchdog,
         "a keep-alive is no proof"
     );
     client.respond(id, plain(vec![added("process://1", &["a"])]));
+    assert_eq!(
+        client.core.backoff_interval(),
+        Duration::from_millis(1125),
+        "a good message alone is no proof that the server stays up"
+    );
+    let reset = client.core.poll_timeout().unwrap();
+    assert_eq!(
+        (reset.timer, reset.at),
+        (Timer::BackoffReset, client.now + DEFAULT_RESET_AFTER)
+    );
+    // More good messages do not move the deadline.
+    client.now += Duration::from_secs(10);
+    client.respond(id, plain(vec![added("process://2", &["b"])]));
+    assert_eq!(client.core.poll_timeout(), Some(reset));
+    client.advance(reset.at - client.now - Duration::from_millis(1));
+    assert_eq!(client.core.backoff_interval(), Duration::from_millis(1125));
+    client.advance(Duration::from_millis(1));
     assert_eq!(client.core.backoff_interval(), Duration::from_millis(500));
+    assert!(client.commands().is_empty() && client.events().is_empty());
+    assert_eq!(
+        client.core.poll_timeout().unwrap().timer,
+        Timer::ReceiveWatchdog,
+        "the reset fires once per stream"
+    );
     let (retry_in, _) = client.reconnect(id);
     assert!(
         retry_in <= Duration::from_millis(750),
         "{retry_in:?} is drawn around the initial interval"
+    );
+}
+
+#[test]
+fn a_stream_lost_within_its_reset_period_keeps_climbing_the_backoff() {
+    let (mut client, id) = Client::connected();
+    let (_, id) = client.reconnect(id);
+    client.respond(id, ours(vec![added("process://1", &["a"])], 1, true));
+    client.now += DEFAULT_RESET_AFTER - Duration::from_millis(1);
+    let (retry_in, _) = client.reconnect(id);
+    let (low, high) = BackoffConfig::default().jitter_bounds(Duration::from_millis(750));
+    assert!(
+        (low..=high).contains(&retry_in),
+        "{retry_in:?} is drawn around the second interval"
+    );
+    assert_eq!(client.core.backoff_interval(), Duration::from_millis(1125));
+}
+
+/// At the deadline the reset is earned whichever input the driver handles
+/// first: its timeout, or the stream's end.
+#[test]
+fn a_stream_lost_at_its_reset_deadline_resets_first() {
+    let (mut client, id) = Client::connected();
+    let (_, id) = client.reconnect(id);
+    client.respond(id, ours(vec![added("process://1", &["a"])], 1, true));
+    client.now += DEFAULT_RESET_AFTER;
+    let (retry_in, _) = client.reconnect(id);
+    assert!(
+        retry_in <= Duration::from_millis(750),
+        "{retry_in:?} is drawn around the initial interval"
+    );
+}
+
+/// With no reset period the spec's own rule holds: a good message resets.
+#[test]
+fn a_zero_reset_period_resets_on_the_good_message() {
+    let mut config = CoreConfig::new("test:1", 5);
+    config.backoff.reset_after = Duration::ZERO;
+    let (mut client, commands) = Client::new(config);
+    let id = open_id(&commands[0]);
+    client.core.handle_connected(client.now, id);
+    let (_, id) = client.reconnect(id);
+    assert_eq!(client.core.backoff_interval(), Duration::from_millis(750));
+    client.respond(id, plain(vec![added("process://1", &["a"])]));
+    assert_eq!(client.core.backoff_interval(), Duration::from_millis(500));
+    assert_eq!(
+        client.core.poll_timeout().unwrap().timer,
+        Timer::ReceiveWatchdog
     );
 }
 
@@ -582,5 +655,48 @@ fn live_changes_are_published_as_events() {
     assert_eq!(
         client.core.mirror().tags("process://1", Cardinality::High),
         ["b", "pod_name:process://1", "uid:process://1"]
+    );
+}
+
+/// The resync loop of issue 17: a server that completes a snapshot and
+/// fails at once, again and again. Each failure must climb the backoff
+/// ladder as a plain connect failure does, so a minute of it holds no more
+/// attempts than the ladder allows (before the fix: one every 0.25-0.75 s,
+/// each a full snapshot).
+#[test]
+fn a_server_that_fails_right_after_each_snapshot_climbs_the_backoff_ladder() {
+    let config = CoreConfig::new("test:1", 11);
+    let ladder = config.backoff.clone();
+    let (mut client, commands) = Client::new(config);
+    let mut id = open_id(&commands[0]);
+    let started = client.now;
+    let minute = Duration::from_secs(60);
+    let mut attempts = 1;
+    let mut interval = ladder.initial_interval;
+    while client.now - started < minute {
+        client.core.handle_connected(client.now, id);
+        let synced = client.respond(id, ours(vec![added("process://1", &["a"])], 1, true));
+        assert!(
+            synced.iter().any(|e| matches!(e, Event::Synced { .. })),
+            "{synced:?}"
+        );
+        client
+            .core
+            .handle_stream_closed(client.now, id, "internal error");
+        let retry_in = lost_retry_in(&client.events());
+        let (low, high) = ladder.jitter_bounds(interval);
+        assert!(
+            (low..=high).contains(&retry_in),
+            "attempt {attempts}: {retry_in:?} is off the ladder's rung {low:?}..={high:?}"
+        );
+        interval = ladder.grow(interval);
+        client.advance(retry_in);
+        id = open_id(&client.commands()[0]);
+        attempts += 1;
+    }
+    let bound = scenario::most_attempts_within(&ladder, minute);
+    assert!(
+        attempts <= bound,
+        "{attempts} attempts in a simulated minute; the ladder allows {bound}"
     );
 }

@@ -596,3 +596,76 @@ fn help_never_shows_the_api_key_from_the_environment() {
     assert!(help.contains("DD_API_KEY"), "{help}");
     assert!(!help.contains("7c3f9"), "{help}");
 }
+
+/// `flare` against nothing (a refused port, no wait): it warns that the
+/// mirror is not synced and writes what it has. `TMPDIR` is `temp`.
+fn unsynced_flare(temp: &Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_remote-tagger"))
+        .args(["flare", "--target", "127.0.0.1:9", "--insecure-skip-verify"])
+        .args(["--wait-secs", "0"])
+        .args(extra)
+        .env("TMPDIR", temp)
+        .env("REMOTE_TAGGER_HOME", temp)
+        .env_remove("REMOTE_TAGGER_FLARE_OUTPUT")
+        .output()
+        .unwrap()
+}
+
+/// The archive holds every tag and log line: only its owner may read it,
+/// from its creation on (created 0600, not narrowed after the writing).
+#[cfg(unix)]
+#[test]
+fn the_flare_archive_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let temp = tempfile::tempdir().unwrap();
+    let ran = unsynced_flare(temp.path(), &[]);
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert!(ran.status.success(), "{stderr}");
+    let written: Vec<PathBuf> = std::fs::read_dir(temp.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.to_string_lossy().ends_with(".tar.gz"))
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}\n{stderr}");
+    let mode = std::fs::metadata(&written[0]).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "mode {:o} of {:?}",
+        mode & 0o777,
+        written[0]
+    );
+    assert!(unpack(&written[0]).contains_key("status.json"));
+}
+
+/// A link planted where the archive goes (a predictable name in a shared
+/// temporary folder) is not followed: the flare fails in one line naming
+/// the path and leaves the link's target alone. No existing file is
+/// overwritten either.
+#[cfg(unix)]
+#[test]
+fn a_flare_never_writes_through_a_planted_link_nor_over_a_file() {
+    let temp = tempfile::tempdir().unwrap();
+    let victim = temp.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let planted = temp.path().join("flare.tar.gz");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    let ran = unsynced_flare(temp.path(), &["--output", planted.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert!(!ran.status.success(), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    let error = stderr.lines().last().unwrap();
+    assert!(
+        error.contains(planted.to_str().unwrap()) && error.contains("--output"),
+        "{stderr}"
+    );
+
+    let existing = temp.path().join("existing.tar.gz");
+    std::fs::write(&existing, "an earlier flare").unwrap();
+    let ran = unsynced_flare(temp.path(), &["--output", existing.to_str().unwrap()]);
+    assert!(!ran.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&existing).unwrap(),
+        "an earlier flare"
+    );
+}

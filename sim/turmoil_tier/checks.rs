@@ -8,6 +8,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use remote_tagger::core::BackoffConfig;
 use remote_tagger::domain::{Cardinality, Entity};
 use tracing::{Event, Level, Subscriber};
@@ -118,31 +120,49 @@ impl History {
 
 /// Checks each `ConnectionLost` delay of one client against the backoff.
 ///
-/// From outside, a reset (after any good message) is not always visible:
-/// a change invisible at the client's cardinality resets it silently. So
-/// after `k` losses since the last visible reset, a delay must lie within
-/// the jittered bounds of one of the first `k + 1` intervals of the ladder
-/// `initial, initial × m, ...` (capped); the pure tier checks the exact one.
+/// The core resets the backoff once a stream has stayed up `reset_after`
+/// since its first good message. From outside, that first message is not
+/// always visible: a change invisible at the client's cardinality starts
+/// the period silently, earlier than any event shows. So the check resets
+/// only when the visible first good message (a `Synced` or
+/// `EntitiesChanged` event) is at least `reset_after` plus `slack` (how
+/// late this observer may see events and losses) before the loss; and
+/// after `k` losses since that reset, a delay must lie within the jittered
+/// bounds of one of the first `k + 1` intervals of the ladder
+/// `initial, initial × m, ...` (capped). The pure tier checks the exact one.
 #[derive(Debug)]
 pub struct BackoffCheck {
     config: BackoffConfig,
+    slack: Duration,
     losses_since_reset: usize,
+    /// When the current stream's first good message was seen.
+    first_good_at: Option<Instant>,
 }
 
 impl BackoffCheck {
-    pub fn new(config: BackoffConfig) -> Self {
+    pub fn new(config: BackoffConfig, slack: Duration) -> Self {
         Self {
             config,
+            slack,
             losses_since_reset: 0,
+            first_good_at: None,
         }
     }
 
-    /// A message moved the sync forward: the backoff was reset.
-    pub fn reset(&mut self) {
-        self.losses_since_reset = 0;
+    /// A message moved the sync forward at `now`.
+    pub fn good(&mut self, now: Instant) {
+        self.first_good_at.get_or_insert(now);
     }
 
-    pub fn loss(&mut self, retry_in: Duration) -> Result<(), String> {
+    /// The stream was lost at `now`, the next attempt after `retry_in`.
+    pub fn loss(&mut self, now: Instant, retry_in: Duration) -> Result<(), String> {
+        let proven = self
+            .first_good_at
+            .take()
+            .is_some_and(|at| now >= at + self.config.reset_after + self.slack);
+        if proven {
+            self.losses_since_reset = 0;
+        }
         let mut interval = self.config.initial_interval;
         let mut allowed = Vec::new();
         for _ in 0..=self.losses_since_reset {
@@ -187,16 +207,35 @@ mod tests {
 
     #[test]
     fn backoff_check_follows_the_ladder_and_its_resets() {
-        let config = BackoffConfig::default(); // 500 ms, x1.5, +-50 %
-        let mut check = BackoffCheck::new(config);
+        let config = BackoffConfig::default(); // 500 ms, x1.5, +-50 %, reset after 30 s
+        let slack = Duration::from_millis(5);
+        let mut check = BackoffCheck::new(config.clone(), slack);
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
         // First loss: only the initial interval's range, 250..=750 ms.
-        assert!(check.loss(Duration::from_millis(800)).is_err());
-        assert!(check.loss(Duration::from_millis(700)).is_ok());
+        assert!(check.loss(at(0), Duration::from_millis(800)).is_err());
+        assert!(check.loss(at(0), Duration::from_millis(700)).is_ok());
         // Second: 750 ms +-50 % is allowed now (so is the first rung).
-        assert!(check.loss(Duration::from_millis(1_100)).is_ok());
-        check.reset();
-        assert!(check.loss(Duration::from_millis(1_100)).is_err());
-        assert!(check.loss(Duration::from_millis(100)).is_err());
+        assert!(check.loss(at(1), Duration::from_millis(1_100)).is_ok());
+        // A good message, then a loss before the reset period: no reset.
+        check.good(at(2));
+        assert!(check.loss(at(31), Duration::from_millis(1_600)).is_ok());
+        // Up the reset period (and the slack) after it: reset.
+        check.good(at(40));
+        assert!(
+            check
+                .loss(at(70) + slack, Duration::from_millis(1_100))
+                .is_err()
+        );
+        assert!(check.loss(at(71), Duration::from_millis(100)).is_err());
+        // Only the stream's first good message starts the period.
+        assert!(check.loss(at(72), Duration::from_millis(700)).is_ok());
+        check.good(at(80));
+        check.good(at(100));
+        assert!(
+            check.loss(at(111), Duration::from_millis(1_100)).is_err(),
+            "reset 30 s after the first good message"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use remote_tagger::client::{ClientConfig, ClientStatus, RemoteTagger, TlsMode};
-use remote_tagger::core::{BackoffConfig, CoreConfig, Event};
+use remote_tagger::core::{BackoffConfig, CoreConfig, DEFAULT_RESET_AFTER, Event};
 use remote_tagger::domain::{Cardinality, EntityEvent};
 use remote_tagger::mirror::MirrorReader;
 use remote_tagger::server::{
@@ -82,6 +82,7 @@ const TIMINGS: Timings = Timings {
         max_interval: Duration::from_secs(10),
         multiplier: 1.5,
         randomization: 0.5,
+        reset_after: DEFAULT_RESET_AFTER,
     },
     connect_timeout: Duration::from_secs(2),
     keepalive_interval: Duration::from_secs(5),
@@ -663,7 +664,8 @@ async fn client_software(
         gate: shared.gates[index].clone(),
         connections: shared.connections[index].clone(),
     };
-    let mut backoff = BackoffCheck::new(config.backoff.clone());
+    // Events reach this task in the tick the driver handled them, or the next.
+    let mut backoff = BackoffCheck::new(config.backoff.clone(), TICK);
     let receive_timeout = config.receive_timeout;
     let tagger = RemoteTagger::start_with_dialer(config, Arc::new(dialer))?;
     let mut events = tagger.subscribe();
@@ -703,7 +705,7 @@ async fn client_software(
                 }
                 match &event {
                     Event::ConnectionLost { retry_in, reason, .. } => {
-                        if let Err(what) = backoff.loss(*retry_in) {
+                        if let Err(what) = backoff.loss(now, *retry_in) {
                             shared.violation(format!("{who}: {what}"));
                         }
                         let silent = now - last_activity;
@@ -714,7 +716,7 @@ async fn client_software(
                         }
                         last_activity = now + *retry_in;
                     }
-                    Event::Synced { .. } | Event::EntitiesChanged(_) => backoff.reset(),
+                    Event::Synced { .. } | Event::EntitiesChanged(_) => backoff.good(now),
                 }
                 shared.record(index, format!("{who} {}", describe(&event)));
             }

@@ -10,7 +10,9 @@ use remote_tagger::metrics;
 use remote_tagger::mirror::{ChangeKind, EntityChange, MirrorReader};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 
+use super::terminal::{escape, escape_tags};
 use super::{CliResult, GetArgs, ListArgs, SyncWaitArgs, WatchArgs};
 
 pub async fn list(args: ListArgs) -> CliResult {
@@ -40,23 +42,43 @@ pub async fn list(args: ListArgs) -> CliResult {
 
 /// Waits until the mirror holds the whole store: synced, and against a
 /// plain Datadog server (no end-of-snapshot marker, so "synced" may be
-/// mid-snapshot) until the stream has been quiet for the settle time.
+/// mid-snapshot) until the stream has been quiet for the settle time. All
+/// of it within `--wait-secs`, whatever the server does: not synced by
+/// then is an error; synced but never quiet (a busy node's stream) is a
+/// warning, and the mirror is taken as it is.
 pub(super) async fn wait_whole_store(
     tagger: &RemoteTagger,
     target: &str,
     sync: &SyncWaitArgs,
 ) -> CliResult {
+    let wait = Duration::from_secs(sync.wait_secs);
+    let deadline = Instant::now() + wait;
     let mut changes = tagger.subscribe();
-    wait_synced_with_progress(tagger, target, Duration::from_secs(sync.wait_secs)).await?;
-    if !tagger.status().borrow().extension_aware {
-        let settle = Duration::from_millis(sync.settle_ms);
-        while let Ok(received) = tokio::time::timeout(settle, changes.recv()).await {
-            if matches!(received, Err(RecvError::Closed)) {
-                break;
+    wait_synced_with_progress(tagger, target, deadline, wait).await?;
+    if tagger.status().borrow().extension_aware {
+        return Ok(());
+    }
+    let settle = Duration::from_millis(sync.settle_ms);
+    loop {
+        let quiet_until = Instant::now() + settle;
+        match tokio::time::timeout_at(quiet_until.min(deadline), changes.recv()).await {
+            Ok(Err(RecvError::Closed)) => return Ok(()),
+            Ok(_) => {}
+            Err(_) if quiet_until <= deadline => return Ok(()),
+            Err(_) => {
+                eprintln!(
+                    "remote-tagger: warning: the stream from {} never went quiet for --settle-ms {} \
+                     within --wait-secs {} (a plain Datadog server marks no end of its snapshot): \
+                     taking the mirror as it is, {} entities",
+                    target,
+                    sync.settle_ms,
+                    sync.wait_secs,
+                    tagger.mirror().len()
+                );
+                return Ok(());
             }
         }
     }
-    Ok(())
 }
 
 /// A closed pipe (`remote-tagger list | head`) ends the output, not in error.
@@ -79,17 +101,20 @@ pub fn tagger_list_json(entities: &[Entity]) -> serde_json::Value {
     json!({ "entities": entities })
 }
 
+/// One row per entity, its id and tags escaped (see [`escape`]); padded
+/// by characters, as `format!` pads.
 fn write_table(out: &mut impl Write, entities: &[Entity]) -> std::io::Result<()> {
-    let width = entities
+    let ids: Vec<_> = entities.iter().map(|e| escape(e.id.as_str())).collect();
+    let width = ids
         .iter()
-        .map(|e| e.id.as_str().len())
+        .map(|id| id.chars().count())
         .max()
         .unwrap_or(0)
         .max("ENTITY".len());
     writeln!(out, "{:<width$}  TAGS", "ENTITY")?;
-    for entity in entities {
-        let tags = entity.tags(Cardinality::High).join(" ");
-        writeln!(out, "{:<width$}  {tags}", entity.id.as_str())?;
+    for (entity, id) in entities.iter().zip(&ids) {
+        let tags = escape_tags(&entity.tags(Cardinality::High));
+        writeln!(out, "{id:<width$}  {tags}")?;
     }
     writeln!(out, "{} entities", entities.len())
 }
@@ -99,11 +124,11 @@ fn write_table(out: &mut impl Write, entities: &[Entity]) -> std::io::Result<()>
 async fn wait_synced_with_progress(
     tagger: &RemoteTagger,
     target: &str,
+    deadline: Instant,
     wait: Duration,
 ) -> CliResult {
     let interactive = std::io::stderr().is_terminal();
     let mut status = tagger.status();
-    let deadline = tokio::time::Instant::now() + wait;
     let mut last_line = String::new();
     let spinner = ['|', '/', '-', '\\'];
     let mut tick = 0usize;
@@ -151,7 +176,7 @@ fn progress_line(target: &str, status: &ClientStatus) -> String {
         ConnectionState::Synced => format!("synced: {} entities", status.mirrored_entities),
         ConnectionState::BackingOff => format!(
             "retrying {target} ({})",
-            status.last_error.as_deref().unwrap_or("not connected")
+            escape(status.last_error.as_deref().unwrap_or("not connected"))
         ),
     }
 }
@@ -166,13 +191,9 @@ pub async fn watch(args: WatchArgs) -> CliResult {
     let mirror = tagger.mirror();
     let mut events = tagger.subscribe();
     let mut out = std::io::stdout();
+    // Until Ctrl-C, which ends the command wherever it is (see `super::run`).
     loop {
-        let event = tokio::select! {
-            biased;
-            _ = tokio::signal::ctrl_c() => break,
-            event = events.recv() => event,
-        };
-        let event = match event {
+        let event = match events.recv().await {
             Ok(event) => event,
             Err(RecvError::Lagged(missed)) => {
                 eprintln!("remote-tagger: fell behind, {missed} events not shown");
@@ -188,7 +209,10 @@ pub async fn watch(args: WatchArgs) -> CliResult {
             Event::ConnectionLost {
                 reason, retry_in, ..
             } => {
-                eprintln!("connection lost: {reason}; retrying in {retry_in:.1?}");
+                eprintln!(
+                    "connection lost: {}; retrying in {retry_in:.1?}",
+                    escape(&reason)
+                );
             }
             Event::EntitiesChanged(changes) => {
                 let tags_of_changes = high_tags_of(&mirror, &changes);
@@ -202,7 +226,11 @@ pub async fn watch(args: WatchArgs) -> CliResult {
                             ChangeKind::Modified => '~',
                             ChangeKind::Deleted => '-',
                         };
-                        format!("{sign} {} {}", change.id, tags.join(" "))
+                        format!(
+                            "{sign} {} {}",
+                            escape(change.id.as_str()),
+                            escape_tags(&tags)
+                        )
                     };
                     if let Err(error) = writeln!(out, "{line}") {
                         tagger.stop().await;
@@ -255,7 +283,8 @@ pub async fn get(args: GetArgs) -> CliResult {
     let written = if args.json {
         writeln!(out, "{}", json!(tags))
     } else {
-        tags.iter().try_for_each(|tag| writeln!(out, "{tag}"))
+        tags.iter()
+            .try_for_each(|tag| writeln!(out, "{}", escape(tag)))
     };
     quiet_on_broken_pipe(written).map_err(|e| format!("cannot write: {e}"))
 }

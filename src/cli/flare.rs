@@ -17,6 +17,7 @@ use remote_tagger::{build_info, metrics};
 use serde_json::json;
 
 use super::client_commands::{tagger_list_json, wait_whole_store};
+use super::terminal::escape;
 use super::{CliResult, FlareArgs, LoggingSettings};
 
 /// How much of the log file goes in: recent enough to matter, small
@@ -41,7 +42,10 @@ pub async fn flare(args: FlareArgs, logging: &LoggingSettings) -> CliResult {
     // A flare is most wanted when things are broken: an unsynced mirror is
     // reported, not fatal.
     if let Err(error) = wait_whole_store(&tagger, &target, &args.sync).await {
-        eprintln!("remote-tagger: warning: {error}; the flare holds what the mirror has");
+        eprintln!(
+            "remote-tagger: warning: {}; the flare holds what the mirror has",
+            escape(&error)
+        );
     }
     let entities = tagger.mirror().list();
     let status = tagger.status().borrow().clone();
@@ -81,11 +85,16 @@ pub async fn flare(args: FlareArgs, logging: &LoggingSettings) -> CliResult {
         .output
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("{top}.tar.gz")));
-    flare::write_archive(&output, &top, &files).map_err(|e| {
-        format!(
+    flare::write_archive(&output, &top, &files).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => format!(
+            "cannot write the flare to {}: something is already there, and a flare never \
+             overwrites a file nor follows a link (remove it or choose another --output)",
+            output.display()
+        ),
+        _ => format!(
             "cannot write the flare to {}: {e} (check --output)",
             output.display()
-        )
+        ),
     })?;
     eprintln!("remote-tagger: flare written to {}", output.display());
 

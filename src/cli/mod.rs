@@ -7,6 +7,8 @@
 mod client_commands;
 mod flare;
 mod server_commands;
+mod signals;
+mod terminal;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -35,7 +37,12 @@ use tracing_subscriber::util::SubscriberInitExt;
         (on an Agent's host: --datadog-config /etc/datadog-agent/datadog.yaml). \
         `demo` runs both in one process.\n\n\
         With no flags, `serve` and `list` in two terminals find each other: they share the \
-        default token and certificate files and the address 127.0.0.1:5001."
+        default token and certificate files and the address 127.0.0.1:5001.\n\n\
+        Ctrl-C (SIGINT) ends any command at once with exit code 130, SIGTERM with 143 \
+        (`demo` prints its summary first). `serve` shuts down gracefully on either (its \
+        streams end at once, connections get a few seconds to close; a second signal ends \
+        it at once) and exits 130 after Ctrl-C, 0 after SIGTERM (a service stopped as it \
+        should be)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -433,12 +440,17 @@ pub struct ListArgs {
 /// How long a one-shot command waits for a whole store.
 #[derive(Debug, Args, serde::Serialize)]
 pub struct SyncWaitArgs {
-    /// Give up if the mirror is not synced within this many seconds.
+    /// Wait at most this many seconds for the whole store, whatever the
+    /// server does. Not synced by then: `list` fails with one line, `flare`
+    /// warns and writes what the mirror has. Synced from a plain Datadog
+    /// server whose stream never went quiet for --settle-ms by then (a busy
+    /// node): both warn and take the mirror as it is.
     #[arg(long, env = "REMOTE_TAGGER_WAIT_SECS", default_value_t = 30)]
     pub wait_secs: u64,
 
     /// Against a plain Datadog server (no end-of-snapshot marker), take the
-    /// store once the stream has been quiet this many milliseconds.
+    /// store once the stream has been quiet this many milliseconds (within
+    /// --wait-secs).
     #[arg(long, env = "REMOTE_TAGGER_SETTLE_MS", default_value_t = 500)]
     pub settle_ms: u64,
 }
@@ -481,8 +493,10 @@ pub struct FlareArgs {
     #[command(flatten)]
     pub sync: SyncWaitArgs,
 
-    /// Write the archive (tar.gz) here. Default: a timestamped file in the
-    /// system's temporary folder.
+    /// Write the archive (tar.gz) here; nothing may be there yet (a flare
+    /// never overwrites a file nor writes through a link). It is created
+    /// readable by its owner only (0600). Default: a timestamped file in
+    /// the system's temporary folder.
     #[arg(long, env = "REMOTE_TAGGER_FLARE_OUTPUT")]
     pub output: Option<PathBuf>,
 
@@ -681,19 +695,55 @@ pub struct LoggingSettings {
 /// A command's failure, printed as one line.
 pub type CliResult = Result<(), String>;
 
-pub async fn run(cli: Cli) -> CliResult {
+pub use signals::Interruption;
+pub use terminal::escape;
+
+/// How a command ended, hence the process's exit code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// Printed as one line; exit code 1.
+    Failed(String),
+    /// Ended by a signal; exit code 128 + its number.
+    Interrupted(Interruption),
+}
+
+impl From<CliResult> for Outcome {
+    fn from(result: CliResult) -> Self {
+        match result {
+            Ok(()) => Self::Done,
+            Err(error) => Self::Failed(error),
+        }
+    }
+}
+
+/// Runs the command; SIGINT or SIGTERM ends it at once (dropping it, so
+/// its files are cleaned up and nothing half-done is written), except
+/// `serve`, which shuts down gracefully, and `demo`, which prints its
+/// summary.
+pub async fn run(cli: Cli) -> Outcome {
+    let mut signals = match signals::Signals::listen() {
+        Ok(signals) => signals,
+        Err(error) => return Outcome::Failed(error),
+    };
     let logging = LoggingSettings {
         log_level: cli.log_level,
         log_format: cli.log_format,
         log_file: cli.log_file,
     };
-    match cli.command {
-        Command::Serve(args) => server_commands::serve(args).await,
-        Command::Demo(args) => server_commands::demo(args).await,
-        Command::List(args) => client_commands::list(args).await,
-        Command::Watch(args) => client_commands::watch(args).await,
-        Command::Get(args) => client_commands::get(args).await,
-        Command::Flare(args) => flare::flare(args, &logging).await,
+    let running: std::pin::Pin<Box<dyn Future<Output = CliResult>>> = match cli.command {
+        Command::Serve(args) => return server_commands::serve(args, &mut signals).await,
+        Command::Demo(args) => return server_commands::demo(args, &mut signals).await,
+
+        Command::List(args) => Box::pin(client_commands::list(args)),
+        Command::Watch(args) => Box::pin(client_commands::watch(args)),
+        Command::Get(args) => Box::pin(client_commands::get(args)),
+        Command::Flare(args) => Box::pin(flare::flare(args, &logging)),
+    };
+    tokio::select! {
+        biased;
+        interruption = signals.recv() => Outcome::Interrupted(interruption),
+        result = running => result.into(),
     }
 }
 

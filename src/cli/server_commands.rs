@@ -7,14 +7,64 @@ use std::time::Duration;
 use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode, TlsSettings};
 use remote_tagger::core::Event;
 use remote_tagger::domain::Cardinality;
-use remote_tagger::metrics;
+use remote_tagger::metrics::{self, MetricsEndpoint};
 use remote_tagger::mirror::ChangeKind;
-use remote_tagger::server::{self, ServeConfig, Server, Source};
+use remote_tagger::server::{self, RunningServer, ServeConfig, Server, Source};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::{CliResult, DemoArgs, ServeArgs, SourceKind, WorkloadArgs};
+use super::signals::{Interruption, Signals};
+use super::terminal::{escape, escape_tags};
+use super::{DemoArgs, Outcome, ServeArgs, SourceKind, WorkloadArgs};
 
-pub async fn serve(args: ServeArgs) -> CliResult {
+/// Serves until SIGINT or SIGTERM, then shuts down gracefully: every
+/// stream ends at once, open connections get the shutdown grace to close,
+/// and a second signal ends the process at once. Exits 130 after Ctrl-C
+/// (as every command does) and 0 after SIGTERM: a service manager stopping
+/// a service is no failure. A signal while it is still loading ends it at
+/// once.
+pub async fn serve(args: ServeArgs, signals: &mut Signals) -> Outcome {
+    let (server, _metrics) = tokio::select! {
+        biased;
+        interruption = signals.recv() => return Outcome::Interrupted(interruption),
+        ready = start_serving(args) => match ready {
+            Ok(ready) => ready,
+            Err(error) => return Outcome::Failed(error),
+        },
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = server.run(async {
+        let _ = stopped.await;
+    });
+    tokio::pin!(serving);
+    let first = tokio::select! {
+        biased;
+        interruption = signals.recv() => interruption,
+        ended = &mut serving => return served(ended),
+    };
+    let _ = stop.send(());
+    tokio::select! {
+        biased;
+        second = signals.recv() => return Outcome::Interrupted(second),
+        ended = &mut serving => {
+            if let Outcome::Failed(error) = served(ended) {
+                return Outcome::Failed(error);
+            }
+        }
+    }
+    match first {
+        Interruption::Interrupt => Outcome::Interrupted(first),
+        Interruption::Terminate => Outcome::Done,
+    }
+}
+
+fn served(ended: Result<(), server::ServeError>) -> Outcome {
+    ended.map_err(|e| e.to_string()).into()
+}
+
+/// Loads the source, binds and says where it serves: a server ready to
+/// run, and its metrics endpoint (kept for as long as it serves).
+async fn start_serving(args: ServeArgs) -> Result<(Server, Option<MetricsEndpoint>), String> {
     let mut config = ServeConfig::new(args.auth_token_file, args.cert_file);
     config.listen = args.listen;
     config.require_client_cert = args.require_client_cert;
@@ -65,37 +115,11 @@ pub async fn serve(args: ServeArgs) -> CliResult {
             format!(", certificate {}", config.cert_file.display())
         },
     );
-    let _metrics = args
+    let metrics = args
         .metrics
         .spawn(|| metrics::server_registry(server.store()))
         .await?;
-    server
-        .run(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    Ok((server, metrics))
 }
 
 /// The demo shows a realistic scale: a 100k-entity store churning 1k/s.
@@ -131,8 +155,44 @@ impl Drop for ScratchDir {
     }
 }
 
-pub async fn demo(args: DemoArgs) -> CliResult {
+/// Runs the demo. Ctrl-C while it starts ends it at once; during the live
+/// changes it stops the demo, which prints its summary and exits 130.
+pub async fn demo(args: DemoArgs, signals: &mut Signals) -> Outcome {
+    match run_demo(args, signals).await {
+        Ok(None) => Outcome::Done,
+        Ok(Some(interruption)) => Outcome::Interrupted(interruption),
+        Err(error) => Outcome::Failed(error),
+    }
+}
+
+/// The demo's server, and its client synced from it.
+struct Demo {
+    server: RunningServer,
+    tagger: RemoteTagger,
+    events: broadcast::Receiver<Event>,
+}
+
+/// The demo, and the signal that stopped it, if one did.
+async fn run_demo(args: DemoArgs, signals: &mut Signals) -> Result<Option<Interruption>, String> {
     let scratch = ScratchDir::create()?;
+    let mut demo = tokio::select! {
+        biased;
+        interruption = signals.recv() => return Ok(Some(interruption)),
+        started = start_demo(&args, &scratch) => started?,
+    };
+    let interrupted = show_live_changes(&mut demo, &args, signals).await;
+    let telemetry = demo.tagger.status().borrow().telemetry.clone();
+    demo.tagger.stop().await;
+    demo.server.stop().await.map_err(|e| e.to_string())?;
+    println!(
+        "demo: done: {} responses received, {} entity updates applied, {} stream errors",
+        telemetry.receives, telemetry.updated_entities, telemetry.stream_errors
+    );
+    Ok(interrupted)
+}
+
+/// Starts the server and the client, waits for the sync and shows it.
+async fn start_demo(args: &DemoArgs, scratch: &ScratchDir) -> Result<Demo, String> {
     let token_file = scratch.0.join("auth_token");
     let cert_file = scratch.0.join("ipc_cert.pem");
     let mut config = ServeConfig::new(&token_file, &cert_file);
@@ -153,7 +213,6 @@ pub async fn demo(args: DemoArgs) -> CliResult {
         .map_err(|e| e.to_string())?
         .spawn();
     let address = server.local_addr();
-    let store = server.store().clone();
     println!("demo: server listening on {address} with TLS (self-signed P-256) and a bearer token");
 
     let mut client_config = ClientConfig::new(address.to_string(), &token_file);
@@ -191,13 +250,29 @@ pub async fn demo(args: DemoArgs) -> CliResult {
         .find(|e| e.id.prefix() == "container_id")
     {
         let id = entity.id.as_str();
-        println!("demo: tags({id}, high) =");
+        println!("demo: tags({}, high) =", escape(id));
         println!(
             "        {}",
-            mirror.tags(id, Cardinality::High).to_vec().join(" ")
+            escape_tags(&mirror.tags(id, Cardinality::High).to_vec())
         );
     }
 
+    Ok(Demo {
+        server,
+        tagger,
+        events,
+    })
+}
+
+/// One line of counts a second until the duration is over, or until a
+/// signal (`--follow`: until Ctrl-C), which it returns.
+async fn show_live_changes(
+    demo: &mut Demo,
+    args: &DemoArgs,
+    signals: &mut Signals,
+) -> Option<Interruption> {
+    let mirror = demo.tagger.mirror();
+    let store = demo.server.store().clone();
     let until = (!args.follow).then(|| Instant::now() + Duration::from_secs(args.duration_secs));
     println!(
         "demo: live changes, one line per second ({})",
@@ -213,7 +288,7 @@ pub async fn demo(args: DemoArgs) -> CliResult {
     loop {
         tokio::select! {
             biased;
-            _ = tokio::signal::ctrl_c() => break,
+            interruption = signals.recv() => return Some(interruption),
             _ = tick.tick() => {
                 let server_stats = store.stats();
                 println!(
@@ -227,10 +302,10 @@ pub async fn demo(args: DemoArgs) -> CliResult {
                 );
                 counts.clear();
                 if until.is_some_and(|until| Instant::now() >= until) {
-                    break;
+                    return None;
                 }
             }
-            event = events.recv() => match event {
+            event = demo.events.recv() => match event {
                 Ok(Event::EntitiesChanged(changes)) => {
                     for change in changes {
                         let kind = match change.kind {
@@ -241,17 +316,11 @@ pub async fn demo(args: DemoArgs) -> CliResult {
                         *counts.entry(kind).or_default() += 1;
                     }
                 }
-                Ok(Event::ConnectionLost { reason, .. }) => println!("demo: connection lost: {reason}"),
+                Ok(Event::ConnectionLost { reason, .. }) => {
+                    println!("demo: connection lost: {}", escape(&reason));
+                }
                 Ok(Event::Synced { .. }) | Err(_) => {}
             }
         }
     }
-    let telemetry = tagger.status().borrow().telemetry.clone();
-    tagger.stop().await;
-    server.stop().await.map_err(|e| e.to_string())?;
-    println!(
-        "demo: done: {} responses received, {} entity updates applied, {} stream errors",
-        telemetry.receives, telemetry.updated_entities, telemetry.stream_errors
-    );
-    Ok(())
 }

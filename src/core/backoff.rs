@@ -3,7 +3,9 @@
 //! Same shape as the Datadog Agent's (cenkalti/backoff `ExponentialBackOff`):
 //! each failure draws a delay uniformly from `interval * [1 - r, 1 + r]`, then
 //! the interval grows by the multiplier up to the cap. It never gives up. The
-//! jitter comes from a seed the core owns, so a run replays exactly.
+//! jitter comes from a seed the core owns, so a run replays exactly. When
+//! it goes back to the initial interval is the core's rule (see
+//! [`BackoffConfig::reset_after`]).
 
 use std::time::Duration;
 
@@ -17,7 +19,16 @@ pub struct BackoffConfig {
     pub multiplier: f64,
     /// Jitter as a fraction of the interval: 0.5 means +-50 %.
     pub randomization: f64,
+    /// How long a stream must stay up after its first good message before
+    /// the backoff goes back to `initial_interval`. The spec resets on the
+    /// good message itself, so a server that fails right after each
+    /// snapshot was retried every half second, a full snapshot each time;
+    /// with this period it is backed off like any other failure.
+    pub reset_after: Duration,
 }
+
+/// The default [`BackoffConfig::reset_after`].
+pub const DEFAULT_RESET_AFTER: Duration = Duration::from_secs(30);
 
 impl Default for BackoffConfig {
     fn default() -> Self {
@@ -26,6 +37,7 @@ impl Default for BackoffConfig {
             max_interval: Duration::from_secs(5 * 60),
             multiplier: 1.5,
             randomization: 0.5,
+            reset_after: DEFAULT_RESET_AFTER,
         }
     }
 }
@@ -68,7 +80,8 @@ impl Backoff {
         delay
     }
 
-    /// Back to the initial interval: called only after a good message.
+    /// Back to the initial interval: called only once a stream proved
+    /// healthy (see [`BackoffConfig::reset_after`]).
     pub fn reset(&mut self) {
         self.interval = self.config.initial_interval;
     }

@@ -5,6 +5,20 @@
 //! touches a socket: time (`now`) and randomness (the seed in [`CoreConfig`])
 //! are inputs, so the production driver, the simulations, proptest and the
 //! fuzzer all run exactly the same transitions.
+//!
+//! # The backoff rule
+//!
+//! One backoff covers every failure (a failed open, a lost stream, a
+//! watchdog timeout, a protocol violation) and grows with each. It goes back
+//! to its initial interval only once a stream has stayed open for
+//! [`BackoffConfig::reset_after`] (30 s by default) after its first good
+//! message: a message that moved the sync forward, not a keep-alive nor
+//! headers. The spec resets on the good message itself; a server that
+//! fails right after each snapshot then made clients resync in a loop.
+//! The reset is the [`Timer::BackoffReset`] timer, so the backoff interval
+//! a status shows is always the one the next failure draws from; a failure
+//! at or after that deadline resets first, whichever input a driver handles
+//! first.
 
 mod backoff;
 mod telemetry;
@@ -13,7 +27,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-pub use backoff::{Backoff, BackoffConfig};
+pub use backoff::{Backoff, BackoffConfig, DEFAULT_RESET_AFTER};
 pub use telemetry::ClientTelemetry;
 
 use bytes::Bytes;
@@ -133,6 +147,9 @@ pub enum Timer {
     Reconnect,
     /// The stream has been silent; at the deadline it is dropped.
     ReceiveWatchdog,
+    /// The stream has stayed up [`BackoffConfig::reset_after`] since its
+    /// first good message: the backoff goes back to its initial interval.
+    BackoffReset,
 }
 
 /// The next deadline and which timer it belongs to.
@@ -201,7 +218,20 @@ enum State {
         /// The watchdog fires this long after the open or the last message.
         last_activity: Instant,
         sync: SyncPhase,
+        health: StreamHealth,
     },
+}
+
+/// How far an open stream is from earning a backoff reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamHealth {
+    /// No good message yet.
+    Unproven,
+    /// The first good message arrived at `since`; the backoff resets if the
+    /// stream is still up `reset_after` later.
+    Proving { since: Instant },
+    /// The backoff was reset for this stream.
+    Proven,
 }
 
 #[derive(Debug)]
@@ -299,8 +329,14 @@ impl ClientCore {
             self.fail(now, format!("protocol violation: {violation}"));
             return;
         }
-        // A message that moved the sync forward: only now is the link proven.
-        self.backoff.reset();
+        // A message that moved the sync forward: the link works. Whether the
+        // server does too shows only if the stream lasts (see the module docs).
+        if let State::Open { health, .. } = &mut self.state
+            && *health == StreamHealth::Unproven
+        {
+            *health = StreamHealth::Proving { since: now };
+        }
+        self.reset_backoff_if_proven(now);
     }
 
     /// Time passed; fires whichever timer is due.
@@ -319,8 +355,9 @@ impl ClientCore {
                 let silent = self.config.receive_timeout;
                 self.fail(now, format!("receive timeout: no message for {silent:?}"));
             }
-            (Timer::ReceiveWatchdog, State::BackingOff { .. }) => {
-                unreachable!("the watchdog runs only for an open stream")
+            (Timer::BackoffReset, State::Open { .. }) => self.reset_backoff_if_proven(now),
+            (Timer::ReceiveWatchdog | Timer::BackoffReset, State::BackingOff { .. }) => {
+                unreachable!("the watchdog and the reset run only for an open stream")
             }
         }
     }
@@ -334,16 +371,37 @@ impl ClientCore {
     }
 
     /// The next deadline. Always `Some`: a core always waits for something.
+    /// Of two timers due at once, the backoff reset comes first.
     pub fn poll_timeout(&self) -> Option<Timeout> {
         Some(match &self.state {
             State::BackingOff { until } => Timeout {
                 at: *until,
                 timer: Timer::Reconnect,
             },
-            State::Open { last_activity, .. } => Timeout {
-                at: *last_activity + self.config.receive_timeout,
-                timer: Timer::ReceiveWatchdog,
-            },
+            State::Open {
+                last_activity,
+                health,
+                ..
+            } => {
+                let watchdog = Timeout {
+                    at: *last_activity + self.config.receive_timeout,
+                    timer: Timer::ReceiveWatchdog,
+                };
+                match health {
+                    StreamHealth::Proving { since } => {
+                        let reset = Timeout {
+                            at: *since + self.config.backoff.reset_after,
+                            timer: Timer::BackoffReset,
+                        };
+                        if reset.at <= watchdog.at {
+                            reset
+                        } else {
+                            watchdog
+                        }
+                    }
+                    StreamHealth::Unproven | StreamHealth::Proven => watchdog,
+                }
+            }
         })
     }
 
@@ -429,11 +487,27 @@ impl ClientCore {
             headers_received: false,
             last_activity: now,
             sync: SyncPhase::AwaitingFirstBatch,
+            health: StreamHealth::Unproven,
         };
+    }
+
+    /// Resets the backoff if the open stream has been up `reset_after`
+    /// since its first good message (once per stream).
+    fn reset_backoff_if_proven(&mut self, now: Instant) {
+        if let State::Open { health, .. } = &mut self.state
+            && let StreamHealth::Proving { since } = *health
+            && now >= since + self.config.backoff.reset_after
+        {
+            *health = StreamHealth::Proven;
+            self.backoff.reset();
+        }
     }
 
     /// The current attempt is over: back off. The mirror keeps its content.
     fn fail(&mut self, now: Instant, reason: String) {
+        // A stream that lasted its reset period earned the reset, even if
+        // its failure reached us before the reset's timeout did.
+        self.reset_backoff_if_proven(now);
         let State::Open { id, .. } = self.state else {
             return;
         };

@@ -31,10 +31,21 @@ impl FlareFile {
 }
 
 /// Writes `files` as a tar.gz at `path`, each under the folder `top` (so
-/// unpacking several flares side by side does not mix them). Files are
-/// mode 0600: the archive holds tags and configuration.
+/// unpacking several flares side by side does not mix them).
+///
+/// The archive holds every tag, log line and setting: it is created mode
+/// 0600 and only if nothing is at `path` yet, so it never overwrites a file
+/// nor writes through a link planted at a predictable path in a shared
+/// temporary folder. The files inside are mode 0600 too. If writing fails,
+/// the partial archive is removed.
 pub fn write_archive(path: &Path, top: &str, files: &[FlareFile]) -> std::io::Result<()> {
-    let file = std::fs::File::create(path)?;
+    let file = crate::server::secret_file::private_file_options().open(path)?;
+    write_tar_gz(file, top, files).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
+}
+
+fn write_tar_gz(file: std::fs::File, top: &str, files: &[FlareFile]) -> std::io::Result<()> {
     let encoder = flate2::write::GzEncoder::new(file, flate2::Compression::default());
     let mut archive = tar::Builder::new(encoder);
     let modified = std::time::SystemTime::now()

@@ -158,8 +158,11 @@ pub struct Harness {
     attempts: Vec<ConnectionId>,
     /// When the current stream last showed life (open or message).
     last_activity: Instant,
-    /// The reference backoff interval, advanced on failures, reset on good messages.
+    /// The reference backoff interval, advanced on failures; see
+    /// [`Self::expected_backoff_interval`] for its reset.
     expected_interval: Duration,
+    /// When the current stream's first good message arrived.
+    first_good_at: Option<Instant>,
     trace: Vec<String>,
 }
 
@@ -222,6 +225,7 @@ impl Harness {
             link: Link::Idle,
             attempts: Vec::new(),
             last_activity: start,
+            first_good_at: None,
             trace: Vec::new(),
         };
         harness.drain()?;
@@ -241,6 +245,11 @@ impl Harness {
     /// their time since start. Same seed and same ops give the same trace.
     pub fn trace(&self) -> &[String] {
         &self.trace
+    }
+
+    /// Connect attempts so far.
+    pub fn attempts(&self) -> usize {
+        self.attempts.len()
     }
 
     /// The current simulated time.
@@ -406,12 +415,24 @@ impl Harness {
                 break;
             }
             self.now = self.now.max(timeout.at);
-            if timeout.timer == Timer::ReceiveWatchdog {
-                let silent = self.now - self.last_activity;
-                ensure!(
-                    silent >= self.core.config().receive_timeout,
-                    "receive watchdog due after only {silent:?} of silence"
-                );
+            match timeout.timer {
+                Timer::ReceiveWatchdog => {
+                    let silent = self.now - self.last_activity;
+                    ensure!(
+                        silent >= self.core.config().receive_timeout,
+                        "receive watchdog due after only {silent:?} of silence"
+                    );
+                }
+                Timer::BackoffReset => {
+                    let reset_after = self.core.config().backoff.reset_after;
+                    ensure!(
+                        self.first_good_at
+                            .is_some_and(|at| self.now >= at + reset_after),
+                        "backoff reset due with the first good message at {:?}",
+                        self.first_good_at.map(|at| at - self.start)
+                    );
+                }
+                Timer::Reconnect => {}
             }
             self.core.handle_timeout(self.now);
             self.drain()?;
@@ -505,8 +526,8 @@ impl Harness {
         let good = self.is_good_message(&response);
         self.last_activity = self.now;
         self.core.handle_response(self.now, id, response);
-        if good {
-            self.expected_interval = self.core.config().backoff.initial_interval;
+        if good && self.first_good_at.is_none() {
+            self.first_good_at = Some(self.now);
         }
         self.drain()?;
         Ok(true)
@@ -620,6 +641,7 @@ impl Harness {
                     self.server.record_request(request);
                     self.link = Link::Pending(self.network.open(id, self.now));
                     self.last_activity = self.now;
+                    self.first_good_at = None;
                 }
                 Command::CloseStream { id } => {
                     let live = self.link.id();
@@ -632,6 +654,7 @@ impl Harness {
             self.record(format!("event {}", describe_event(&event)));
             if let Event::ConnectionLost { retry_in, .. } = event {
                 self.check_backoff(retry_in)?;
+                self.first_good_at = None;
                 // The core reports the loss of the attempt it was on.
                 self.link = Link::Idle;
             }
@@ -643,14 +666,27 @@ impl Harness {
         Ok(())
     }
 
-    fn check_backoff(&mut self, delay: Duration) -> Result<(), Violation> {
+    /// The interval the core's backoff must be at now: the reference one,
+    /// or the initial one once the current stream has stayed up
+    /// `reset_after` since its first good message (at that very instant
+    /// too, whether its timer or its failure comes first).
+    fn expected_backoff_interval(&self) -> Duration {
         let backoff = &self.core.config().backoff;
-        let (low, high) = backoff.jitter_bounds(self.expected_interval);
+        match self.first_good_at {
+            Some(at) if self.now >= at + backoff.reset_after => backoff.initial_interval,
+            _ => self.expected_interval,
+        }
+    }
+
+    fn check_backoff(&mut self, delay: Duration) -> Result<(), Violation> {
+        let interval = self.expected_backoff_interval();
+        let backoff = &self.core.config().backoff;
+        let (low, high) = backoff.jitter_bounds(interval);
         ensure!(
             low <= delay && delay <= high,
             "backoff delay {delay:?} outside {low:?}..={high:?}"
         );
-        self.expected_interval = backoff.grow(self.expected_interval);
+        self.expected_interval = backoff.grow(interval);
         ensure!(
             self.core.backoff_interval() == self.expected_interval,
             "backoff interval {:?}, expected {:?}",
@@ -663,6 +699,12 @@ impl Harness {
     /// Invariants that hold after every step.
     fn check(&self) -> Result<(), Violation> {
         ensure!(self.core.poll_timeout().is_some(), "no timer is armed");
+        let expected = self.expected_backoff_interval();
+        ensure!(
+            self.core.backoff_interval() == expected,
+            "backoff interval {:?}, expected {expected:?}",
+            self.core.backoff_interval()
+        );
         ensure!(
             self.link.id() == self.core.current_connection(),
             "driver holds {:?} but the core is on {:?}",

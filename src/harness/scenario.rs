@@ -22,6 +22,9 @@ const KEEPALIVE_DETECTION: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The server's idle keep-alive (wire spec: 9 min without a send).
 const SERVER_KEEPALIVE: Duration = Duration::from_secs(9 * 60);
+/// Milliseconds between two drops of `flapping`: well within the backoff's
+/// reset period, so no stream earns a reset.
+const FLAP_EVERY_MS: (u64, u64) = (1_000, 3_000);
 
 /// A named kind of trouble.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,11 +36,12 @@ pub enum Scenario {
     Restarts,
     ShortDisconnects,
     PlainDatadog,
+    Flapping,
     Chaos,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Steady,
         Scenario::Lossy,
         Scenario::Partitions,
@@ -45,6 +49,7 @@ impl Scenario {
         Scenario::Restarts,
         Scenario::ShortDisconnects,
         Scenario::PlainDatadog,
+        Scenario::Flapping,
         Scenario::Chaos,
     ];
 
@@ -57,6 +62,7 @@ impl Scenario {
             Scenario::Restarts => "restarts",
             Scenario::ShortDisconnects => "short-disconnects",
             Scenario::PlainDatadog => "plain-datadog",
+            Scenario::Flapping => "flapping",
             Scenario::Chaos => "chaos",
         }
     }
@@ -85,6 +91,9 @@ impl Scenario {
             }
             Scenario::PlainDatadog => {
                 "a server without the extensions (plain Datadog): drops and partitions"
+            }
+            Scenario::Flapping => {
+                "a server that drops every stream within seconds, right after its snapshot or resume: the backoff climbs its ladder all the same"
             }
             Scenario::Chaos => {
                 "everything at once: partitions, holds, loss, latency changes, restarts, malformed and stale input"
@@ -117,6 +126,28 @@ pub fn liveness_bound(backoff: &BackoffConfig, network: &NetworkConfig) -> Durat
     noticing + longest_backoff + sync
 }
 
+/// The most connect attempts a client can make within `window` while no
+/// stream lives long enough to reset its backoff: the first at once, then
+/// one after each delay of the ladder, every delay as short as its jitter
+/// allows. Unbounded (`usize::MAX`) if the jitter can draw a zero delay.
+pub fn most_attempts_within(backoff: &BackoffConfig, window: Duration) -> usize {
+    let mut attempts = 1;
+    let mut interval = backoff.initial_interval;
+    let mut elapsed = Duration::ZERO;
+    loop {
+        let shortest = backoff.jitter_bounds(interval).0;
+        if shortest.is_zero() {
+            return usize::MAX;
+        }
+        elapsed += shortest;
+        if elapsed > window {
+            return attempts;
+        }
+        attempts += 1;
+        interval = backoff.grow(interval);
+    }
+}
+
 /// A scenario's seeded plan: the harness it runs on and what happens when.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -141,6 +172,8 @@ pub struct Outcome {
     pub liveness_bound: Duration,
     pub snapshots_sent: u64,
     pub resumes_sent: u64,
+    /// Connect attempts until the heal.
+    pub attempts_before_heal: usize,
 }
 
 /// FNV-1a 64 over the trace lines, each ended by a newline: stable across
@@ -192,6 +225,10 @@ impl Schedule {
                 plan.short_disconnects();
                 plan.outages(Op::Partition, 1_000, 5 * 60_000);
             }
+            Scenario::Flapping => {
+                plan.churn(Duration::from_secs(15));
+                plan.flaps();
+            }
             Scenario::Chaos => {
                 plan.churn(Duration::from_secs(8));
                 plan.chaos();
@@ -236,6 +273,7 @@ impl Schedule {
             harness.step(op)?;
         }
         harness.run_network_until(start + FAULT_PHASE, false)?;
+        let attempts_before_heal = harness.attempts();
         harness.step(&Op::Heal)?;
         harness.step(&Op::SetLoss { per_mille: 0 })?;
         let healed = harness.now();
@@ -254,13 +292,21 @@ impl Schedule {
             liveness_bound: bound,
             snapshots_sent: server.snapshots_sent(),
             resumes_sent: server.resumes_sent(),
+            attempts_before_heal,
         };
-        self.check_efficiency(&outcome)?;
+        self.check_efficiency(&outcome, &harness.core().config().backoff)?;
         Ok(outcome)
     }
 
-    /// Where no fault forces one, a reconnect must resume, not re-snapshot.
-    fn check_efficiency(&self, outcome: &Outcome) -> Result<(), Violation> {
+    /// Where no fault forces one, a reconnect must resume, not re-snapshot;
+    /// where no stream lives long enough to reset the backoff, attempts
+    /// come no faster than its ladder.
+    fn check_efficiency(
+        &self,
+        outcome: &Outcome,
+        backoff: &BackoffConfig,
+    ) -> Result<(), Violation> {
+        let most_attempts = most_attempts_within(backoff, FAULT_PHASE);
         match self.scenario {
             Scenario::Steady | Scenario::ShortDisconnects if outcome.snapshots_sent != 1 => {
                 Err(Violation(format!(
@@ -271,6 +317,12 @@ impl Schedule {
             Scenario::ShortDisconnects if outcome.resumes_sent == 0 => Err(Violation(
                 "short disconnects with the log intact, yet no stream resumed".to_owned(),
             )),
+            Scenario::Flapping if outcome.attempts_before_heal > most_attempts => {
+                Err(Violation(format!(
+                    "{} connect attempts in {FAULT_PHASE:?} of streams dropped within seconds; the backoff ladder allows {most_attempts}",
+                    outcome.attempts_before_heal
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -403,6 +455,19 @@ impl Planner<'_> {
         }
     }
 
+    /// The server drops its streams every few seconds, so none lives long
+    /// enough to reset the backoff (at most [`FLAP_EVERY_MS`] apart).
+    fn flaps(&mut self) {
+        let mut at = Duration::ZERO;
+        loop {
+            at += self.millis_between(FLAP_EVERY_MS.0, FLAP_EVERY_MS.1);
+            if at >= FAULT_PHASE {
+                return;
+            }
+            self.at(at, Op::ServerDropStreams);
+        }
+    }
+
     /// Streams dropped by the server or broken on the way, the log intact.
     fn short_disconnects(&mut self) {
         let mut at = self.millis_between(10_000, 5 * 60_000);
@@ -484,6 +549,32 @@ mod tests {
             liveness_bound(&BackoffConfig::default(), &network),
             Duration::from_millis(30_000 + 450_000 + 450)
         );
+    }
+
+    #[test]
+    fn the_ladder_allows_twelve_attempts_a_minute_by_default() {
+        // Shortest delays 250, 375, 563 ms...: eleven of them sum to 42.7 s,
+        // twelve to 64.4 s.
+        let backoff = BackoffConfig::default();
+        assert_eq!(most_attempts_within(&backoff, Duration::from_secs(60)), 12);
+        assert_eq!(
+            most_attempts_within(&backoff, Duration::from_millis(249)),
+            1
+        );
+        let jitter_to_zero = BackoffConfig {
+            randomization: 1.0,
+            ..BackoffConfig::default()
+        };
+        assert_eq!(
+            most_attempts_within(&jitter_to_zero, Duration::from_secs(1)),
+            usize::MAX
+        );
+    }
+
+    #[test]
+    fn flapping_streams_never_last_the_backoff_reset_period() {
+        let longest_life = Duration::from_millis(FLAP_EVERY_MS.1);
+        assert!(longest_life < BackoffConfig::default().reset_after);
     }
 
     #[test]

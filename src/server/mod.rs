@@ -20,7 +20,7 @@ mod health;
 mod host_source;
 mod hub;
 mod relay_source;
-mod secret_file;
+pub(crate) mod secret_file;
 mod service;
 mod stats;
 mod store;

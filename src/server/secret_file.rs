@@ -63,8 +63,11 @@ impl<E: std::fmt::Display> std::fmt::Display for ReadOrCreateError<E> {
     }
 }
 
+/// Options that create a new file readable and writable by its owner only
+/// (with that mode from the start), failing if anything, even a dangling
+/// link, is at the path.
 #[cfg(unix)]
-fn private_file_options() -> fs::OpenOptions {
+pub(crate) fn private_file_options() -> fs::OpenOptions {
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true).mode(0o600);
@@ -72,7 +75,7 @@ fn private_file_options() -> fs::OpenOptions {
 }
 
 #[cfg(not(unix))]
-fn private_file_options() -> fs::OpenOptions {
+pub(crate) fn private_file_options() -> fs::OpenOptions {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     options

@@ -139,9 +139,74 @@ pub fn token() -> String {
     "0123456789abcdef".repeat(4)
 }
 
-/// A tagger server set up as a Datadog Agent's IPC server: it serves the
-/// certificate of `ipc_cert.pem` and requires clients to present exactly
-/// that certificate (its own pool), with only the TLS versions given.
+/// TLS connections accepted as a Datadog Agent's IPC server accepts them:
+/// it serves the certificate of `identity_pem` (certificate then key) and
+/// requires clients to present exactly that certificate (its own pool),
+/// with only the TLS versions given. Serve them with tonic's
+/// `serve_with_incoming(incoming.connections)`.
+pub struct AgentIpcIncoming {
+    pub addr: SocketAddr,
+    pub connections: tokio_stream::wrappers::ReceiverStream<
+        std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    >,
+    /// Handshakes refused so far.
+    pub refused: Arc<AtomicUsize>,
+    pub accepting: tokio::task::JoinHandle<()>,
+}
+
+impl AgentIpcIncoming {
+    /// Listens on a loopback port; must be called within a runtime.
+    pub async fn listen(
+        identity_pem: &str,
+        versions: &'static [&'static SupportedProtocolVersion],
+    ) -> Self {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(identity_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(identity_pem.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client_verifier = Arc::new(ExactCertificate::new(chain[0].clone(), provider.clone()));
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refused = Arc::new(AtomicUsize::new(0));
+        let (handshaken, connections) = tokio::sync::mpsc::channel(16);
+        let counter = refused.clone();
+        let accepting = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, handshaken, counter) =
+                    (acceptor.clone(), handshaken.clone(), counter.clone());
+                tokio::spawn(async move {
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => {
+                            let _ = handshaken.send(Ok::<_, std::io::Error>(tls)).await;
+                        }
+                        Err(_) => {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            connections: tokio_stream::wrappers::ReceiverStream::new(connections),
+            refused,
+            accepting,
+        }
+    }
+}
+
+/// A tagger server set up as a Datadog Agent's IPC server (see
+/// [`AgentIpcIncoming`]).
 pub struct AgentLikeServer {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
@@ -160,62 +225,26 @@ impl AgentLikeServer {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ipc_cert.pem"), identity_pem).unwrap();
         std::fs::write(dir.path().join("auth_token"), token()).unwrap();
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(identity_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(identity_pem.as_bytes()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let client_verifier = Arc::new(ExactCertificate::new(chain[0].clone(), provider.clone()));
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_client_cert_verifier(client_verifier)
-            .with_single_cert(chain, key)
-            .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-
         let store = StoreHandle::new(Store::new(Epoch::from_seed(16), 100));
         let service = TaggerService::new(
             store.clone(),
             Authenticator::fixed(&token()).unwrap(),
             ServiceConfig::default(),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let refused = Arc::new(AtomicUsize::new(0));
-        let (handshaken, streams) = tokio::sync::mpsc::channel(16);
-        let counter = refused.clone();
-        let accepting = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, handshaken, counter) =
-                    (acceptor.clone(), handshaken.clone(), counter.clone());
-                tokio::spawn(async move {
-                    match acceptor.accept(tcp).await {
-                        Ok(tls) => {
-                            let _ = handshaken.send(Ok::<_, std::io::Error>(tls)).await;
-                        }
-                        Err(_) => {
-                            counter.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                });
-            }
-        });
+        let incoming = AgentIpcIncoming::listen(identity_pem, versions).await;
         let serving = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service.into_server())
-                .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(streams))
+                .serve_with_incoming(incoming.connections)
                 .await
                 .unwrap();
         });
         Self {
-            addr,
+            addr: incoming.addr,
             dir,
             store,
-            refused,
-            tasks: [accepting, serving],
+            refused: incoming.refused,
+            tasks: [incoming.accepting, serving],
         }
     }
 

@@ -3,8 +3,10 @@
 #![allow(dead_code)] // each test crate uses its own subset
 
 pub mod agent_tls;
+pub mod binary;
 pub mod children;
 pub mod datadog_client;
+pub mod plain_datadog;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
