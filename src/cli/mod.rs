@@ -132,6 +132,12 @@ pub struct ServeArgs {
     #[arg(long, env = "REMOTE_TAGGER_ENTITIES", conflicts_with_all = ["source", "relay"])]
     pub entities: Option<PathBuf>,
 
+    /// The largest --entities file accepted, in bytes: a larger one is
+    /// refused at start, and later keeps the last good state served. Once
+    /// loaded, entities take about 3.7 times the file's size in memory.
+    #[arg(long, env = "REMOTE_TAGGER_ENTITIES_MAX_BYTES", default_value_t = server::DEFAULT_ENTITIES_FILE_MAX_BYTES)]
+    pub entities_max_bytes: u64,
+
     /// What to serve: `host` (this machine's processes, containers and pods,
     /// read from /proc) or `workload` (a generated Kubernetes node)
     /// [default: host on Linux, workload elsewhere].

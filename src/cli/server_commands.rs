@@ -95,6 +95,7 @@ async fn start_serving(args: ServeArgs) -> Result<(Server, Option<MetricsEndpoin
         config.tls = server::TlsMode::InsecurePlaintext;
     }
     config.change_log_capacity = args.change_log_capacity;
+    config.entities_file_max_bytes = args.entities_max_bytes;
     config.service.max_message_size = args.max_message_size;
     let server = Server::bind(config.clone())
         .await

@@ -16,7 +16,7 @@ use crate::proto::encoded::agent_secure_server::AgentSecure;
 use crate::proto::model::{self as pb, FetchEntityRequest, StreamTagsRequest, StreamTagsResponse};
 use crate::server::{
     Authenticator, Epoch, PrefixFilter, ServiceConfig, Store, StoreHandle, TaggerService,
-    diff_entities, parse_entities_file,
+    diff_entities, parse_entities_file, read_entities_file, write_entities_file,
 };
 
 /// The token the service under test accepts.
@@ -567,13 +567,28 @@ impl StreamClient {
 }
 
 /// `entities_file`: arbitrary bytes as an `--entities` file. Either a clear
-/// one-line error, or entities with distinct ids that survive a round trip
-/// through the documented format and load into a consistent store.
+/// one-line error, or entities that survive a round trip through the
+/// documented format and load into a consistent store; the streamed parse
+/// of the server's watcher says the same as the in-memory one.
 ///
 /// # Panics
 /// On the first broken check.
 pub fn entities_file(data: &[u8]) {
-    let entities = match parse_entities_file(data) {
+    let parsed = parse_entities_file(data);
+    // A 3-byte buffer: every element crosses refills. serde's column of a
+    // semantic error (a wrong type, an unknown field) may differ by one
+    // between the two readers, so errors compare by kind.
+    let streamed = read_entities_file(std::io::BufReader::with_capacity(3, data));
+    match (&streamed, &parsed) {
+        (Ok(streamed), Ok(parsed)) => assert_eq!(streamed, parsed, "the streamed parse differs"),
+        (Err(streamed), Err(parsed)) => assert_eq!(
+            std::mem::discriminant(streamed),
+            std::mem::discriminant(parsed),
+            "the streamed parse fails otherwise: {streamed} / {parsed}"
+        ),
+        _ => panic!("the streamed parse differs: {streamed:?} / {parsed:?}"),
+    }
+    let entities = match parsed {
         Ok(entities) => entities,
         Err(error) => {
             let message = error.to_string();
@@ -584,35 +599,19 @@ pub fn entities_file(data: &[u8]) {
             return;
         }
     };
-    let records: Vec<serde_json::Value> = entities
-        .iter()
-        .map(|entity| {
-            serde_json::json!({
-                "id": entity.id.as_str(),
-                "low": entity.low,
-                "orchestrator": entity.orchestrator,
-                "high": entity.high,
-                "standard": entity.standard,
-            })
-        })
-        .collect();
-    let rewritten = serde_json::to_vec(&records).expect("JSON values serialise");
+    let mut rewritten = Vec::new();
+    write_entities_file(&mut rewritten, entities.values()).expect("a Vec takes every byte");
     assert_eq!(
         parse_entities_file(&rewritten).as_ref(),
         Ok(&entities),
         "the entities do not survive a round trip"
     );
-    let by_id: BTreeMap<EntityId, Entity> = entities
-        .iter()
-        .map(|entity| (entity.id.clone(), entity.clone()))
-        .collect();
-    assert_eq!(by_id.len(), entities.len(), "an id appears twice");
-    let added = diff_entities(&BTreeMap::new(), &by_id);
+    let added = diff_entities(&BTreeMap::new(), &entities);
     let mut store = Store::new(Epoch::from_seed(0), entities.len());
     let changes = store.apply(added);
     assert_eq!(changes.len(), entities.len(), "every entity is a change");
     assert_eq!(store.len(), entities.len(), "every entity is stored");
-    for entity in &entities {
+    for entity in entities.values() {
         assert_eq!(
             store.get(&entity.id).map(|e| e.entity()),
             Some(entity),
@@ -621,7 +620,7 @@ pub fn entities_file(data: &[u8]) {
         );
     }
     assert!(
-        diff_entities(&by_id, &by_id).is_empty(),
+        diff_entities(&entities, &entities).is_empty(),
         "a file differs from itself"
     );
 }

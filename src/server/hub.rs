@@ -9,9 +9,10 @@
 //! (it will reconnect and resync) instead of blocking the sources or growing
 //! memory.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::stats::{ServerStats, Telemetry, increment};
@@ -84,6 +85,9 @@ pub struct StoreHandle {
 }
 
 struct Shared {
+    /// parking_lot's, for [`MutexGuard::unlock_fair`]; it does not poison,
+    /// and the store needs no poisoning: it is only mutated through
+    /// `Store::apply`, which leaves it consistent at every step.
     state: Mutex<State>,
     telemetry: Telemetry,
     /// Flips to true once, at shutdown; streams waiting for a snapshot slot
@@ -133,14 +137,8 @@ impl StoreHandle {
         }
     }
 
-    /// The store is only mutated through `Store::apply`, which leaves it
-    /// consistent at every step, so a panic elsewhere while the lock was held
-    /// cannot have broken it: a poisoned lock is safe to use.
     fn state(&self) -> MutexGuard<'_, State> {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.state.lock()
     }
 
     pub(crate) fn telemetry(&self) -> &Telemetry {
@@ -153,6 +151,7 @@ impl StoreHandle {
         let mut state = self.state();
         let changes = state.store.apply(events);
         if changes.is_empty() {
+            MutexGuard::unlock_fair(state);
             return 0;
         }
         let count = changes.len();
@@ -174,6 +173,10 @@ impl StoreHandle {
                 Err(mpsc::error::TrySendError::Closed(_)) => None,
             })
             .collect();
+        // Handed to a waiting thread, if any: a source applying batch after
+        // batch (a large entities file) would otherwise take the lock back
+        // before a waiting fetch or subscription wakes up, for seconds.
+        MutexGuard::unlock_fair(state);
         count
     }
 
