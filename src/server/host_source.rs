@@ -125,6 +125,7 @@ struct ContainerRef {
 }
 
 /// Scans the host under `root` once (see [`HostScanner::scan`]).
+#[cfg(feature = "test-kit")]
 pub fn scan(root: &Path) -> (Vec<Entity>, ScanStats) {
     HostScanner::new(root).scan()
 }
