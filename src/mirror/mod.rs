@@ -28,6 +28,7 @@
 //! invisible) and committed in one swap.
 
 mod counters;
+mod key;
 mod record;
 mod store;
 mod table;
@@ -46,8 +47,9 @@ pub use counters::{QueryCounts, QueryStatus};
 pub use record::{Tags, TagsIter, TagsRef};
 
 use counters::{QueryCounter, QueryCounterRegistry};
+use key::IdKey;
 use record::{Interner, ListHashes, Record};
-use store::{IdKey, Op, Store};
+use store::{Op, Store};
 
 /// How an entity changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
