@@ -509,6 +509,33 @@ impl EntityEvent {
     }
 }
 
+/// An event the mirror can apply: an owned [`EntityEvent`], or a
+/// [`DecodedEvent`](crate::wire::DecodedEvent) whose strings borrow a
+/// received message (so applying it allocates only what the mirror keeps).
+pub trait MirrorEvent {
+    type Tag: AsRef<str>;
+
+    fn id(&self) -> &EntityId;
+
+    /// The entity an upsert (ADDED or MODIFIED) stores; `None` for DELETED.
+    fn upserted(&self) -> Option<EntityRef<'_, Self::Tag>>;
+}
+
+impl MirrorEvent for EntityEvent {
+    type Tag = String;
+
+    fn id(&self) -> &EntityId {
+        EntityEvent::id(self)
+    }
+
+    fn upserted(&self) -> Option<EntityRef<'_, String>> {
+        match self {
+            Self::Added(entity) | Self::Modified(entity) => Some(entity.as_ref()),
+            Self::Deleted(_) => None,
+        }
+    }
+}
+
 /// Entity hash as the Datadog Agent computes it: FNV-1 (not 1a) 64-bit over
 /// the sorted tags concatenated with no separator, lowercase hex; no tags ->
 /// the empty string.

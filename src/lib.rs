@@ -42,6 +42,7 @@ mod error_text;
 pub mod flare;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+#[cfg(feature = "test-kit")]
 pub mod harness;
 pub mod metrics;
 pub mod mirror;

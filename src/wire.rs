@@ -13,7 +13,9 @@ use prost::encoding::{
     WireType, decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, key_len,
 };
 
-use crate::domain::{Cardinality, DomainError, Entity, EntityEvent, EntityId};
+use crate::domain::{
+    Cardinality, DomainError, Entity, EntityEvent, EntityId, EntityRef, MirrorEvent,
+};
 use crate::proto::encoded::EncodedStreamTagsResponse;
 use crate::proto::model as pb;
 
@@ -236,6 +238,24 @@ impl<'a> DecodedEvent<'a> {
             pb::EventType::Modified => EntityEvent::Modified(entity()),
             pb::EventType::Deleted => EntityEvent::Deleted(self.id.clone()),
         }
+    }
+}
+
+impl<'a> MirrorEvent for DecodedEvent<'a> {
+    type Tag = &'a str;
+
+    fn id(&self) -> &EntityId {
+        &self.id
+    }
+
+    fn upserted(&self) -> Option<EntityRef<'_, &'a str>> {
+        (self.kind != pb::EventType::Deleted).then(|| EntityRef {
+            id: &self.id,
+            low: self.low(),
+            orchestrator: self.orchestrator(),
+            high: self.high(),
+            standard: self.standard(),
+        })
     }
 }
 

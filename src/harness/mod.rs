@@ -9,6 +9,9 @@
 //! any interleaving; [`Op::NetworkStep`] instead lets the emulated
 //! [`network`] decide, with latency, loss, partitions and holds, which is
 //! what the seeded [`scenario`]s of the pure simulation tier use.
+//!
+//! Compiled only with the `test-kit` feature (which `fuzzing`, `sim` and
+//! this package's tests turn on): the shipped crate carries none of it.
 
 mod model_server;
 mod network;

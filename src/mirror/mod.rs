@@ -28,6 +28,7 @@
 //! invisible) and committed in one swap.
 
 mod counters;
+mod key;
 mod record;
 mod store;
 mod table;
@@ -40,14 +41,16 @@ use hashbrown::hash_table::Entry;
 use left_right::{ReadGuard, ReadHandle, WriteHandle};
 
 use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, EntityRef, entity_hash};
-use crate::wire::DecodedEvent;
 
+// What `MirrorWriter::apply` and `stage` take; the domain owns it.
+pub use crate::domain::MirrorEvent;
 pub use counters::{QueryCounts, QueryStatus};
 pub use record::{Tags, TagsIter, TagsRef};
 
 use counters::{QueryCounter, QueryCounterRegistry};
+use key::IdKey;
 use record::{Interner, ListHashes, Record};
-use store::{IdKey, Op, Store};
+use store::{Op, Store};
 
 /// How an entity changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,51 +66,6 @@ pub enum ChangeKind {
 pub struct EntityChange {
     pub kind: ChangeKind,
     pub id: EntityId,
-}
-
-/// An event the mirror can apply: an owned [`EntityEvent`], or a
-/// [`DecodedEvent`] whose strings borrow a received message (so applying it
-/// allocates only what the mirror keeps).
-pub trait MirrorEvent {
-    type Tag: AsRef<str>;
-
-    fn id(&self) -> &EntityId;
-
-    /// The entity an upsert (ADDED or MODIFIED) stores; `None` for DELETED.
-    fn upserted(&self) -> Option<EntityRef<'_, Self::Tag>>;
-}
-
-impl MirrorEvent for EntityEvent {
-    type Tag = String;
-
-    fn id(&self) -> &EntityId {
-        EntityEvent::id(self)
-    }
-
-    fn upserted(&self) -> Option<EntityRef<'_, String>> {
-        match self {
-            Self::Added(entity) | Self::Modified(entity) => Some(entity.as_ref()),
-            Self::Deleted(_) => None,
-        }
-    }
-}
-
-impl<'a> MirrorEvent for DecodedEvent<'a> {
-    type Tag = &'a str;
-
-    fn id(&self) -> &EntityId {
-        &self.id
-    }
-
-    fn upserted(&self) -> Option<EntityRef<'_, &'a str>> {
-        (self.kind != crate::proto::model::EventType::Deleted).then(|| EntityRef {
-            id: &self.id,
-            low: self.low(),
-            orchestrator: self.orchestrator(),
-            high: self.high(),
-            standard: self.standard(),
-        })
-    }
 }
 
 /// How the mirror's content changes for one id, given what it held before.

@@ -17,7 +17,7 @@ use triomphe::ThinArc;
 use crate::domain::{Cardinality, Entity, EntityId, EntityRef};
 use crate::prefetch::prefetch;
 
-use super::store::{IdKey, fixed_hash, hash_texts};
+use super::key::{IdKey, fixed_hash, hash_texts};
 use super::table::{TableEntry, make_room, prefetch_slot, rebuild};
 
 /// One interned tag string: a thin (8-byte) pointer to a refcounted

@@ -37,17 +37,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpIncoming};
 
-pub use auth::{
-    Authenticator, GENERATED_TOKEN_LEN, MIN_TOKEN_LEN, TokenError, TokenFileError, constant_time_eq,
-};
+pub use auth::{Authenticator, GENERATED_TOKEN_LEN, MIN_TOKEN_LEN, TokenError, TokenFileError};
 pub use entities_file::{
-    EntitiesFileError, EntitiesFileLoadError, EntitiesFileWatcher, diff_entities,
-    parse_entities_file, read_entities_file, write_entities_file,
+    EntitiesFileError, EntitiesFileLoadError, EntitiesFileWatcher, parse_entities_file,
+    read_entities_file, write_entities_file,
 };
 pub use health::HEALTH_SERVICE_NAMES;
-pub use host_source::{
-    CMDLINE_TAG_MAX_BYTES, HostScanner, PROCESS_REFRESH_SCANS, ScanStats, scan as scan_host,
-};
+pub use host_source::CMDLINE_TAG_MAX_BYTES;
 pub use hub::StoreHandle;
 pub use service::{
     DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_SNAPSHOTS, DEFAULT_MAX_MESSAGE_SIZE,
@@ -56,10 +52,16 @@ pub use service::{
 };
 pub use stats::{EventsByCardinality, ServerStats};
 pub use store::{
-    Change, Chunker, Epoch, PrefixFilter, Snapshot, SnapshotChunk, SnapshotChunks, Store,
-    StoredEntity,
+    Change, Epoch, PrefixFilter, Snapshot, SnapshotChunk, SnapshotChunks, Store, StoredEntity,
 };
 pub use tls::{CertFileError, GENERATED_CERT_NAMES, PemProblem, TlsIdentity};
+/// The parts that only the tests, benches and fuzzers call on their own.
+#[cfg(feature = "test-kit")]
+pub use {
+    entities_file::diff_entities,
+    host_source::{HostScanner, PROCESS_REFRESH_SCANS, ScanStats, scan as scan_host},
+    store::Chunker,
+};
 
 use crate::error_text::error_chain;
 use host_source::HostSource;
@@ -105,7 +107,7 @@ pub enum Source {
     EntitiesFile(PathBuf),
     /// The processes, containers and pods of the host whose `/proc` is under
     /// `root` (`/` for this machine), re-scanned every `interval` (see
-    /// [`HostScanner`]).
+    /// `HostScanner` in `src/server/host_source/`).
     Host { root: PathBuf, interval: Duration },
     /// Relay: mirror another tagger and serve its entities. It asks for
     /// every prefix of the table and the config's `prefixes` besides (a

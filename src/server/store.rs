@@ -190,7 +190,8 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// The snapshot as ADDED events reduced to `cardinality`, in chunks of at
-    /// most `budget` summed event bytes (see [`Chunker`]).
+    /// most `budget` summed event bytes (an event larger than `budget` goes
+    /// alone in its chunk).
     pub fn into_chunks(self, cardinality: Cardinality, budget: usize) -> SnapshotChunks {
         SnapshotChunks {
             entities: self.entities.into_iter(),
