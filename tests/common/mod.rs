@@ -5,6 +5,7 @@
 pub mod agent_tls;
 pub mod children;
 pub mod datadog_client;
+pub mod raw_h2;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
