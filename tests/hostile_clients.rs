@@ -67,6 +67,24 @@ async fn read_snapshot(stream: &mut Streaming<pb::StreamTagsResponse>) {
     .await
 }
 
+/// Retries `attempt` until the server accepts it (once a place is given
+/// back), every refusal RESOURCE_EXHAUSTED.
+async fn until_accepted<T, F>(what: &str, attempt: impl Fn() -> F) -> T
+where
+    F: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    within(&format!("{what} to be accepted again"), async {
+        loop {
+            match attempt().await {
+                Ok(accepted) => return accepted,
+                Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 /// A raw HTTP/2 connection over TLS, as Datadog's Rust client sets it up.
 async fn raw_connection(server: &TestServer) -> RawH2<tokio_rustls::client::TlsStream<TcpStream>> {
     let tls = pinned_tls(server.addr, pinned_tls_config(&server.cert_path()))
@@ -193,16 +211,8 @@ async fn subscriptions_beyond_the_total_limit_are_refused_until_one_ends() {
     assert_eq!(server.store.stats().subscribers, 3);
 
     drop(streams.pop());
-    within("a stream to be accepted again", async {
-        loop {
-            match open_stream(&other, &server, &[]).await {
-                Ok(mut stream) => return read_snapshot(&mut stream).await,
-                Err(status) => assert_eq!(status.code(), Code::ResourceExhausted),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let mut stream = until_accepted("a stream", || open_stream(&other, &server, &[])).await;
+    read_snapshot(&mut stream).await;
     server.stop().await;
 }
 
@@ -235,14 +245,9 @@ async fn unauthenticated_streams_beyond_their_limit_are_refused() {
     read_snapshot(&mut tagger).await;
 
     drop(watches.pop());
-    within("a watch to be accepted again", async {
-        loop {
-            match health.watch(watch()).await {
-                Ok(_) => return,
-                Err(status) => assert_eq!(status.code(), Code::ResourceExhausted),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    until_accepted("a watch", || {
+        let mut health = health.clone();
+        async move { health.watch(watch()).await }
     })
     .await;
     server.stop().await;
@@ -437,5 +442,6 @@ async fn a_client_connecting_the_moment_the_port_opens_completes_its_handshake_a
         took < DATADOG_CONNECT_TIMEOUT && took < loading / 4,
         "the TLS handshake took {took:?} from the TCP connect; loading took {loading:?}"
     );
+    drop(handshake);
     within("the server to stop", running.stop()).await.unwrap();
 }

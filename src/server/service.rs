@@ -5,6 +5,16 @@
 //! tonic reads from; a send that cannot be queued within the send timeout
 //! means the client stopped reading, and ends the stream.
 //!
+//! The task also watches for tonic dropping the channel's receiver (the
+//! client cancelled the stream or its connection closed) and then ends at
+//! once, unsubscribing, whether or not anything was due to be sent.
+//!
+//! Snapshots are produced at most `max_concurrent_snapshots` at once, to
+//! bound the CPU and memory of initial syncs; a stream holds its slot only
+//! while its client takes what it produces (see `send_snapshot`), so clients
+//! that never read delay no one. At most `max_subscriptions` streams are
+//! open at once; one more is refused with RESOURCE_EXHAUSTED.
+//!
 //! Every end the server chooses carries an error status saying why, never
 //! OK: Datadog's Rust client reopens at once after an OK end, where an
 //! error makes it back off (so does ours).
