@@ -13,7 +13,8 @@
 //!     cargo bench --bench end_to_end -- fanout      # those whose name contains "fanout"
 //!     cargo bench --bench end_to_end -- "fanout 100"  # only the 100-client fan-out
 //!
-//! Scenarios: `sync`, `resume`, `fanout`, `stalled`. Correctness is checked
+//! Scenarios: `sync`, `resume`, `fanout`, `stalled`, `never-reading`.
+//! Correctness is checked
 //! (entity counts, mirror contents, delivered events) and reported; timings
 //! never fail the run.
 
@@ -47,6 +48,11 @@ use tokio::task::JoinHandle;
 #[path = "../tests/common/datadog_client.rs"]
 mod datadog_client;
 
+/// Raw HTTP/2 connections that send a request and never read again.
+#[allow(dead_code)] // the bench uses only the request side
+#[path = "../tests/common/raw_h2.rs"]
+mod raw_h2;
+
 /// The allocator the `remote-tagger` binary ships with (glibc's malloc
 /// spends a third of a sync consolidating freed chunks).
 #[global_allocator]
@@ -78,6 +84,11 @@ const DRAIN_GRACE: Duration = Duration::from_secs(30);
 /// warms the allocator, so what follows is the subscriber's doing.
 const STALL_WARMUP: Duration = Duration::from_secs(10);
 const STALL_OBSERVED: Duration = Duration::from_secs(30);
+/// Streams that never read their snapshot, open while fresh clients sync.
+const NEVER_READING: usize = 50;
+/// A fresh sync slower than this counts as starved (before the snapshot
+/// slots were given back, one waited NEVER_READING / 3 send timeouts: 17 min).
+const STARVED: Duration = Duration::from_secs(120);
 /// Only to turn a hang into a report instead of a stuck bench (100 clients
 /// syncing on 2 busy cores take minutes).
 const PATIENCE: Duration = Duration::from_secs(900);
@@ -114,6 +125,9 @@ fn main() {
         if selected("stalled") {
             rows.extend(stalled_subscriber().await);
         }
+        if selected("never-reading") {
+            rows.extend(sync_past_never_reading_streams().await);
+        }
     });
     print_summary(&rows);
 }
@@ -131,11 +145,9 @@ async fn initial_sync() -> Vec<Row> {
     for run in 1..=SYNC_RUNS {
         let rss_before = rss_kib();
         let cpu_before = cpu_time();
-        let started = Instant::now();
-        let tagger = RemoteTagger::start(client_config(&server, &server.addr.to_string()))
-            .expect("client config");
-        patient("the initial sync", tagger.wait_synced()).await;
-        let wall = started.elapsed();
+        let (tagger, wall) = fresh_sync(&server, PATIENCE)
+            .await
+            .expect("HANG: no initial sync");
         let cpu = cpu_time() - cpu_before;
         let entities = tagger.mirror().len();
         // The mirror is alive here: what the process grew by is roughly one
@@ -217,6 +229,21 @@ async fn initial_sync() -> Vec<Row> {
             ),
         ),
     ]
+}
+
+/// A fresh client started and synced, and how long that took; `None` if it
+/// did not sync within `limit`.
+async fn fresh_sync(server: &BenchServer, limit: Duration) -> Option<(RemoteTagger, Duration)> {
+    let started = Instant::now();
+    let tagger = RemoteTagger::start(client_config(server, &server.addr.to_string()))
+        .expect("client config");
+    match tokio::time::timeout(limit, tagger.wait_synced()).await {
+        Ok(()) => Some((tagger, started.elapsed())),
+        Err(_) => {
+            tagger.stop().await;
+            None
+        }
+    }
 }
 
 /// The snapshot a HIGH client gets, encoded as the server sends it: every
@@ -453,7 +480,7 @@ async fn fan_out(clients: usize, rounds: usize) -> Vec<Row> {
 
     let mut rows = vec![Row::info(
         scenario,
-        "all clients synced (3 snapshots at a time)",
+        "all clients synced (3 snapshots produced at a time)",
         format!("{} wall, {} process CPU", ms(sync_all), ms(sync_cpu)),
     )];
     for round in 1..=rounds {
@@ -778,6 +805,113 @@ async fn stalled_subscriber() -> Vec<Row> {
             bounded,
         ),
     ]
+}
+
+/// Scenario 5: fresh clients' syncs on an idle server, then while
+/// NEVER_READING streams are open that sent their request with the token
+/// and never read a byte since (raw HTTP/2 over TLS, a 64 KiB window never
+/// extended), each holding its snapshot.
+async fn sync_past_never_reading_streams() -> Vec<Row> {
+    println!(
+        "\n== never-reading: {SYNC_RUNS} fresh syncs of {ENTITIES} entities idle, then past {NEVER_READING} streams that never read"
+    );
+    let server = BenchServer::start(|_| {}).await;
+    let idle = timed_syncs(&server, "idle").await;
+    let tls = datadog_client::pinned_tls_config(&server.cert_file());
+    let request = StreamTagsRequest {
+        cardinality: Cardinality::High.to_proto() as i32,
+        streaming_id: "bench:never-reading".to_owned(),
+        ..StreamTagsRequest::default()
+    }
+    .encode_to_vec();
+    let token = server.token();
+    let mut never_reading = Vec::new();
+    for _ in 0..NEVER_READING {
+        let tls = datadog_client::pinned_tls(server.addr, Arc::clone(&tls))
+            .await
+            .expect("a TLS connection");
+        let mut connection = raw_h2::RawH2::start(tls).await.expect("the preface");
+        connection
+            .call(raw_h2::TAGGER_STREAM, Some(&token), &request)
+            .await
+            .expect("the request");
+        never_reading.push(connection);
+    }
+    // Open, and done sending what their windows take: no send for 500 ms.
+    // (At least: before streams ended with their clients, the idle runs'
+    // subscriptions outlived them.)
+    let mut sends = server.store.stats().sends;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let stats = server.store.stats();
+        if stats.subscribers >= NEVER_READING as u64 && stats.sends == sends {
+            println!(
+                "{NEVER_READING} streams open, none reading: snapshots in flight {}, waiting for a slot {}",
+                stats.snapshots_in_flight, stats.snapshots_waiting
+            );
+            break;
+        }
+        sends = stats.sends;
+    }
+    let past = timed_syncs(&server, "past the never-reading streams").await;
+    let errors = server.store.stats().stream_errors;
+    check(
+        errors == 0,
+        "no stream ended while the fresh clients synced",
+    );
+    drop(never_reading);
+    server.stop().await;
+
+    let median_of = |runs: &[Option<Duration>]| -> Option<Duration> {
+        let synced: Vec<Duration> = runs.iter().flatten().copied().collect();
+        (synced.len() == runs.len()).then(|| median(&synced))
+    };
+    let show = |median: Option<Duration>| median.map_or(format!("> {STARVED:?}"), ms);
+    let (idle, past) = (median_of(&idle), median_of(&past));
+    let ratio = idle
+        .zip(past)
+        .map(|(idle, past)| past.as_secs_f64() / idle.as_secs_f64());
+    vec![
+        Row::info(
+            "never-reading",
+            "sync on the idle server, median",
+            show(idle),
+        ),
+        Row::info(
+            "never-reading",
+            "sync past 50 never-reading streams, median",
+            show(past),
+        ),
+        Row::new(
+            "never-reading",
+            "past never-reading / idle",
+            ratio.map_or("starved".to_owned(), |ratio| format!("{ratio:.2}x")),
+            "<= 2x",
+            ratio.is_some_and(|ratio| ratio <= 2.0),
+        ),
+    ]
+}
+
+/// SYNC_RUNS fresh syncs one after another, each printed; a run that does
+/// not sync within STARVED is `None` and ends the series.
+async fn timed_syncs(server: &BenchServer, what: &str) -> Vec<Option<Duration>> {
+    let mut runs = Vec::new();
+    for run in 1..=SYNC_RUNS {
+        let Some((tagger, wall)) = fresh_sync(server, STARVED).await else {
+            println!("{what}, run {run}: no sync within {STARVED:?}");
+            runs.push(None);
+            break;
+        };
+        let entities = tagger.mirror().len();
+        println!(
+            "{what}, run {run}: {} to synced, {entities} entities",
+            ms(wall)
+        );
+        check(entities == ENTITIES, "the mirror holds every entity");
+        runs.push(Some(wall));
+        tagger.stop().await;
+    }
+    runs
 }
 
 /// A raw `TaggerStreamEntities` stream with a valid token, never read: the

@@ -159,47 +159,6 @@ async fn a_send_timeout_ends_the_stream_with_deadline_exceeded_after_what_was_qu
     server.stop().await;
 }
 
-#[tokio::test]
-async fn shutdown_ends_a_stream_waiting_for_a_snapshot_slot_with_unavailable() {
-    let server = PlainServer::start(ServiceConfig {
-        max_concurrent_snapshots: 1,
-        shutdown_grace: Duration::from_millis(200),
-        ..ServiceConfig::default()
-    })
-    .await;
-    fill_with_bulk(&server.store, 8);
-    // Never read: its snapshot holds the only slot.
-    let _holder = server.stream().await;
-    server
-        .wait_for("the first snapshot to start", |s| {
-            s.snapshots_in_flight == 1
-        })
-        .await;
-    let mut waiting = server.stream().await;
-    let placeholder = within("the placeholder", waiting.message())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(placeholder.events.is_empty() && !placeholder.snapshot_complete);
-    server
-        .wait_for("the second stream to wait", |s| s.snapshots_waiting == 1)
-        .await;
-
-    let _ = server.stop.send(());
-    let (responses, end) = read_to_end(&mut waiting).await;
-    assert_eq!(responses, 0);
-    let end = end.expect("a shutdown ends with an error status, never OK");
-    assert_eq!(end.code(), Code::Unavailable);
-    assert_eq!(
-        end.message(),
-        "the tagger server is shutting down; reconnect later"
-    );
-    within("the server to stop", server.task)
-        .await
-        .unwrap()
-        .unwrap();
-}
-
 /// A TCP relay between our client and the server that can stop passing the
 /// server's bytes on: the client then reads nothing, as a stalled client.
 struct StallingRelay {

@@ -175,6 +175,27 @@ pub struct ServeArgs {
     #[arg(long, env = "REMOTE_TAGGER_MAX_MESSAGE_SIZE", default_value_t = server::DEFAULT_MAX_MESSAGE_SIZE)]
     pub max_message_size: usize,
 
+    /// Tagger streams served at once over all connections; one more is
+    /// refused with RESOURCE_EXHAUSTED (the client retries later).
+    #[arg(long, env = "REMOTE_TAGGER_MAX_SUBSCRIPTIONS", default_value_t = server::DEFAULT_MAX_SUBSCRIPTIONS)]
+    pub max_subscriptions: usize,
+
+    /// HTTP/2 streams one connection may have open at once (its
+    /// MAX_CONCURRENT_STREAMS); HTTP/2 refuses more.
+    #[arg(long, env = "REMOTE_TAGGER_MAX_STREAMS_PER_CONNECTION", default_value_t = server::DEFAULT_MAX_STREAMS_PER_CONNECTION)]
+    pub max_streams_per_connection: u32,
+
+    /// Requests without a token (health checks and watches, reflection)
+    /// served at once; one more is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "REMOTE_TAGGER_MAX_UNAUTHENTICATED_REQUESTS", default_value_t = server::DEFAULT_MAX_UNAUTHENTICATED_REQUESTS)]
+    pub max_unauthenticated_requests: usize,
+
+    /// Milliseconds a connection has from its accept (TLS handshake
+    /// included) to send a request with the token; then it is closed,
+    /// unless a request without a token is still in flight on it.
+    #[arg(long, env = "REMOTE_TAGGER_FIRST_REQUEST_TIMEOUT_MS", default_value_t = server::DEFAULT_FIRST_REQUEST_TIMEOUT.as_millis() as u64)]
+    pub first_request_timeout_ms: u64,
+
     /// DANGEROUS: serve without TLS; tokens and tags cross the network in
     /// clear text and Datadog clients refuse it. For tests only.
     #[arg(long, env = "REMOTE_TAGGER_INSECURE_PLAINTEXT")]

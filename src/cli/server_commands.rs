@@ -97,6 +97,10 @@ async fn start_serving(args: ServeArgs) -> Result<(Server, Option<MetricsEndpoin
     config.change_log_capacity = args.change_log_capacity;
     config.entities_file_max_bytes = args.entities_max_bytes;
     config.service.max_message_size = args.max_message_size;
+    config.service.max_subscriptions = args.max_subscriptions;
+    config.service.max_streams_per_connection = args.max_streams_per_connection;
+    config.service.max_unauthenticated_requests = args.max_unauthenticated_requests;
+    config.service.first_request_timeout = Duration::from_millis(args.first_request_timeout_ms);
     let server = Server::bind(config.clone())
         .await
         .map_err(|e| e.to_string())?;

@@ -13,13 +13,18 @@ use hyper::body::Incoming;
 use hyper::header::{ALLOW, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 /// The only path served.
 pub const METRICS_PATH: &str = "/metrics";
+
+/// A connection that sends no complete request head this long, when new or
+/// idle after a response, is closed: scrapers send theirs at once, and an
+/// idle peer must not hold a descriptor.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +45,16 @@ impl MetricsEndpoint {
     /// Listens on `addr` and serves `registry` until dropped. Must be called
     /// within a tokio runtime.
     pub async fn spawn(addr: SocketAddr, registry: Registry) -> Result<Self, MetricsError> {
+        Self::spawn_with_idle_timeout(addr, registry, DEFAULT_IDLE_TIMEOUT).await
+    }
+
+    /// [`spawn`](Self::spawn), closing connections idle for `idle_timeout`
+    /// (see [`DEFAULT_IDLE_TIMEOUT`]).
+    pub async fn spawn_with_idle_timeout(
+        addr: SocketAddr,
+        registry: Registry,
+        idle_timeout: Duration,
+    ) -> Result<Self, MetricsError> {
         let error = |e: std::io::Error| MetricsError {
             addr,
             reason: e.to_string(),
@@ -47,7 +62,7 @@ impl MetricsEndpoint {
         let listener = TcpListener::bind(addr).await.map_err(error)?;
         let local_addr = listener.local_addr().map_err(error)?;
         tracing::info!(%local_addr, "serving Prometheus metrics on {METRICS_PATH}");
-        let task = tokio::spawn(accept_loop(listener, Arc::new(registry)));
+        let task = tokio::spawn(accept_loop(listener, Arc::new(registry), idle_timeout));
         Ok(Self { local_addr, task })
     }
 
@@ -63,7 +78,7 @@ impl Drop for MetricsEndpoint {
     }
 }
 
-async fn accept_loop(listener: TcpListener, registry: Arc<Registry>) {
+async fn accept_loop(listener: TcpListener, registry: Arc<Registry>, idle_timeout: Duration) {
     // Dropped with the loop (when the endpoint is), which aborts every
     // connection still open.
     let mut connections = JoinSet::new();
@@ -84,7 +99,11 @@ async fn accept_loop(listener: TcpListener, registry: Arc<Registry>) {
                 let response = respond(&request, &registry);
                 async move { Ok::<_, Infallible>(response) }
             });
+            // hyper's header read timeout runs from when it waits for a
+            // request head, so it bounds an idle keep-alive connection too.
             if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(idle_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {

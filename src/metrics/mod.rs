@@ -36,7 +36,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub use endpoint::{METRICS_PATH, MetricsEndpoint, MetricsError};
+pub use endpoint::{DEFAULT_IDLE_TIMEOUT, METRICS_PATH, MetricsEndpoint, MetricsError};
 
 use crate::build_info;
 use crate::client::{ClientStatus, RemoteTagger};
@@ -266,14 +266,20 @@ impl Collector for ServerCollector {
         gauge(
             e,
             "tagger_server_snapshots_in_flight",
-            "Snapshots being sent now.",
+            "Snapshots being produced now, holding a slot.",
             stats.snapshots_in_flight,
         )?;
         gauge(
             e,
             "tagger_server_snapshots_waiting",
-            "Streams waiting for a snapshot slot.",
+            "Streams waiting for a snapshot slot, to start or to go on.",
             stats.snapshots_waiting,
+        )?;
+        gauge(
+            e,
+            "tagger_server_snapshots_stalled",
+            "Snapshots waiting, without a slot, for their client to take a chunk.",
+            stats.snapshots_stalled,
         )?;
         family(
             e,
@@ -296,6 +302,12 @@ impl Collector for ServerCollector {
             "tagger_server_auth_failures",
             "Requests refused for a missing or wrong token.",
             stats.auth_failures,
+        )?;
+        counter(
+            e,
+            "tagger_server_requests_refused",
+            "Requests refused at a limit (--max-subscriptions, --max-unauthenticated-requests).",
+            stats.requests_refused,
         )?;
         counter(
             e,

@@ -98,11 +98,14 @@ struct Shared {
 struct State {
     store: Store,
     subscribers: Vec<Slot>,
+    /// The id of the next subscription.
+    next_id: u64,
     closed: bool,
 }
 
 /// The hub's end of one subscription.
 struct Slot {
+    id: u64,
     batches: mpsc::Sender<ChangeBatch>,
     stop: oneshot::Sender<Stop>,
 }
@@ -115,10 +118,29 @@ impl Slot {
 }
 
 /// The stream's end of one subscription: live change batches, and the
-/// reason if the hub ends it.
+/// reason if the hub ends it. Dropping it unsubscribes.
 pub(crate) struct Subscription {
     pub batches: mpsc::Receiver<ChangeBatch>,
     pub stop: oneshot::Receiver<Stop>,
+    /// Held to the end, though the other fields are moved out.
+    pub _registration: Registration,
+}
+
+/// Removes its subscription's slot from the hub when dropped, so a stream
+/// that ended leaves nothing behind even if no change ever comes to find
+/// its channel closed.
+pub(crate) struct Registration {
+    hub: StoreHandle,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub
+            .state()
+            .subscribers
+            .retain(|slot| slot.id != self.id);
+    }
 }
 
 impl StoreHandle {
@@ -129,6 +151,7 @@ impl StoreHandle {
                 state: Mutex::new(State {
                     store,
                     subscribers: Vec::new(),
+                    next_id: 0,
                     closed: false,
                 }),
                 telemetry: Telemetry::default(),
@@ -228,7 +251,7 @@ impl StoreHandle {
             return None;
         }
         let snapshot = state.store.snapshot(filter);
-        Some((snapshot, register(&mut state, buffer)))
+        Some((snapshot, self.register(&mut state, buffer)))
     }
 
     /// Subscribes to live changes after `revision` of `epoch`, starting with
@@ -251,7 +274,7 @@ impl StoreHandle {
         Ok(Resumed {
             changes: ChangeBatch::new(changes.into()),
             revision: state.store.revision(),
-            subscription: register(&mut state, buffer),
+            subscription: self.register(&mut state, buffer),
         })
     }
 
@@ -267,6 +290,27 @@ impl StoreHandle {
             slot.end(Stop::Shutdown);
         }
         self.shared.closed.send_replace(true);
+    }
+
+    fn register(&self, state: &mut State, buffer: usize) -> Subscription {
+        // A zero-capacity mpsc channel panics; one batch is the least buffer.
+        let (batches_tx, batches) = mpsc::channel(buffer.max(1));
+        let (stop_tx, stop) = oneshot::channel();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.subscribers.push(Slot {
+            id,
+            batches: batches_tx,
+            stop: stop_tx,
+        });
+        Subscription {
+            batches,
+            stop,
+            _registration: Registration {
+                hub: self.clone(),
+                id,
+            },
+        }
     }
 
     /// Resolves once [`close`](Self::close) has been called.
@@ -293,17 +337,6 @@ pub(crate) enum ResumeRefused {
     NotInLog,
     /// The hub is closed.
     Closed,
-}
-
-fn register(state: &mut State, buffer: usize) -> Subscription {
-    // A zero-capacity mpsc channel panics; one batch is the least buffer.
-    let (batches_tx, batches) = mpsc::channel(buffer.max(1));
-    let (stop_tx, stop) = oneshot::channel();
-    state.subscribers.push(Slot {
-        batches: batches_tx,
-        stop: stop_tx,
-    });
-    Subscription { batches, stop }
 }
 
 #[cfg(test)]
@@ -371,6 +404,21 @@ mod tests {
             hub.subscribe_resuming("stale", 1, 4).err(),
             Some(ResumeRefused::NotInLog)
         );
+    }
+
+    #[test]
+    fn a_dropped_subscription_leaves_the_hub() {
+        let hub = handle();
+        let (_, kept) = hub
+            .subscribe_with_snapshot(&PrefixFilter::all(), 4)
+            .unwrap();
+        let (_, dropped) = hub
+            .subscribe_with_snapshot(&PrefixFilter::all(), 4)
+            .unwrap();
+        assert_eq!(hub.state().subscribers.len(), 2);
+        drop(dropped);
+        let ids: Vec<u64> = hub.state().subscribers.iter().map(|s| s.id).collect();
+        assert_eq!(ids, [kept._registration.id]);
     }
 
     #[test]

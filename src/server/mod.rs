@@ -46,9 +46,10 @@ pub use health::HEALTH_SERVICE_NAMES;
 pub use host_source::CMDLINE_TAG_MAX_BYTES;
 pub use hub::StoreHandle;
 pub use service::{
-    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_SNAPSHOTS, DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_SEND_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_SUBSCRIBER_BUFFER, ServiceConfig,
-    TaggerService,
+    DEFAULT_FIRST_REQUEST_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_SNAPSHOTS,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_SUBSCRIPTIONS,
+    DEFAULT_MAX_TLS_HANDSHAKES, DEFAULT_MAX_UNAUTHENTICATED_REQUESTS, DEFAULT_SEND_TIMEOUT,
+    DEFAULT_SHUTDOWN_GRACE, DEFAULT_SUBSCRIBER_BUFFER, ServiceConfig, TaggerService,
 };
 pub use stats::{EventsByCardinality, ServerStats};
 pub use store::{
@@ -92,6 +93,25 @@ pub const MAX_CHURN_PER_SEC: f64 = 1_000_000.0;
 /// TCP keep-alive on accepted connections, so the kernel notices peers that
 /// vanished without a FIN.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Connections the kernel completes before the server accepts them (what
+/// `TcpListener::bind` asks for).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A socket bound to `addr`, not listening yet, set up as
+/// `TcpListener::bind` sets it up.
+fn bound_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // A restarted server can bind while its old connections linger in
+    // TIME_WAIT; on Windows the option would let others steal the port.
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
 
 /// Where the served entities come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -221,9 +241,29 @@ impl ServeConfig {
             ("file poll interval", self.file_poll_interval),
             ("keep-alive interval", service.keepalive_interval),
             ("send timeout", service.send_timeout),
+            ("first-request timeout", service.first_request_timeout),
         ] {
             if duration.is_zero() {
                 return invalid(format!("the {name} must be longer than zero"));
+            }
+        }
+        for (name, limit) in [
+            (
+                "subscription limit (--max-subscriptions)",
+                service.max_subscriptions,
+            ),
+            (
+                "per-connection stream limit (--max-streams-per-connection)",
+                service.max_streams_per_connection as usize,
+            ),
+            (
+                "limit of requests without a token (--max-unauthenticated-requests)",
+                service.max_unauthenticated_requests,
+            ),
+            ("TLS handshake limit", service.max_tls_handshakes),
+        ] {
+            if limit == 0 {
+                return invalid(format!("the {name} must be at least 1"));
             }
         }
         if service.max_message_size < 2 {
@@ -296,8 +336,15 @@ pub enum Security {
 ///
 /// `incoming` is any stream of connections: a [`TcpIncoming`], or a
 /// simulated network's listener wrapped to implement [`Connected`]. TLS is
-/// terminated here, one task per handshake (bounded to 10 s); an accept
-/// error pauses accepting (5 ms doubling to 1 s) rather than spinning.
+/// terminated here, one task per handshake, at most `max_tls_handshakes` at
+/// once; an accept error pauses accepting (5 ms doubling to 1 s) rather than
+/// spinning. A connection that has sent no authenticated request within the
+/// `first_request_timeout` of its accept is closed (see `connections`).
+///
+/// The service's limits: `max_streams_per_connection` is each connection's
+/// HTTP/2 `MAX_CONCURRENT_STREAMS`, the tagger service refuses streams past
+/// `max_subscriptions`, and health and reflection together serve at most
+/// `max_unauthenticated_requests` at once.
 pub async fn serve_incoming<I, IO, IE>(
     service: TaggerService,
     security: Security,
@@ -326,16 +373,23 @@ where
             None
         }
     };
-    let incoming = connections::Connections::new(incoming, acceptor);
+    let config = service.config().clone();
+    let limits = connections::ConnectionLimits {
+        first_request_timeout: config.first_request_timeout,
+        max_tls_handshakes: config.max_tls_handshakes,
+    };
+    let incoming = connections::Connections::new(incoming, acceptor, limits);
     let store = service.store().clone();
-    let grace = service.config().shutdown_grace;
     let (health, health_service) = health::Health::serving().await;
     let (reflection_v1, reflection_v1alpha) = health::reflection_services()?;
+    let unauthenticated =
+        health::Unauthenticated::new(config.max_unauthenticated_requests, store.clone());
     let (stop_accepting, stop_accepting_signal) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .add_service(unauthenticated.limit(health_service))
+        .add_service(unauthenticated.limit(reflection_v1))
+        .add_service(unauthenticated.limit(reflection_v1alpha))
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(incoming, async move {
             // A dropped sender (serve_incoming itself dropped) stops too.
@@ -353,6 +407,7 @@ where
     store.close();
     // The receiver lives inside `server`, which is still alive here.
     let _ = stop_accepting.send(());
+    let grace = config.shutdown_grace;
     match tokio::time::timeout(grace, &mut server).await {
         Ok(result) => result.map_err(|e| ServeError::Transport(error_chain(&e))),
         Err(_) => {
@@ -395,16 +450,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listener, loads (or creates) the token file and the
-    /// certificate, and loads the source's initial entities into a new store.
+    /// Binds the address, loads (or creates) the token file and the
+    /// certificate, loads the source's initial entities into a new store,
+    /// and only then listens: a client that connects can be served at once
+    /// (before, it would wait for the load in the backlog, and Datadog's
+    /// Rust client gives up after 2 s), and one that connects earlier is
+    /// refused and retries. Binding first reports a taken address at once
+    /// and makes port 0's number known.
     pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
         config.validate()?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| ServeError::listen(config.listen, &e))?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|e| ServeError::listen(config.listen, &e))?;
+        let listen_error = |e: std::io::Error| ServeError::listen(config.listen, &e);
+        let socket = bound_socket(config.listen).map_err(listen_error)?;
+        let local_addr = socket.local_addr().map_err(listen_error)?;
         let auth = Authenticator::from_token_file(&config.auth_token_file)?;
         let security = match config.tls {
             TlsMode::Tls => Security::Tls {
@@ -461,6 +518,7 @@ impl Server {
             require_client_cert = config.require_client_cert,
             "tagger server ready"
         );
+        let listener = socket.listen(LISTEN_BACKLOG).map_err(listen_error)?;
         Ok(Self {
             listener,
             local_addr,

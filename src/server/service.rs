@@ -5,6 +5,16 @@
 //! tonic reads from; a send that cannot be queued within the send timeout
 //! means the client stopped reading, and ends the stream.
 //!
+//! The task also watches for tonic dropping the channel's receiver (the
+//! client cancelled the stream or its connection closed) and then ends at
+//! once, unsubscribing, whether or not anything was due to be sent.
+//!
+//! Snapshots are produced at most `max_concurrent_snapshots` at once, to
+//! bound the CPU and memory of initial syncs; a stream holds its slot only
+//! while its client takes what it produces (see `send_snapshot`), so clients
+//! that never read delay no one. At most `max_subscriptions` streams are
+//! open at once; one more is refused with RESOURCE_EXHAUSTED.
+//!
 //! Every end the server chooses carries an error status saying why, never
 //! OK: Datadog's Rust client reopens at once after an OK end, where an
 //! error makes it back off (so does ours).
@@ -25,15 +35,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::auth::Authenticator;
+use super::connections::Admission;
 use super::hub::{ChangeBatch, ResumeRefused, Stop, StoreHandle};
 use super::stats::{GaugeGuard, Telemetry, increment};
-use super::store::{Chunker, PrefixFilter};
+use super::store::{Chunker, PrefixFilter, SnapshotChunks};
 use crate::domain::{Cardinality, EntityId};
 use crate::proto::encoded::EncodedStreamTagsResponse;
 use crate::proto::encoded::agent_secure_server::{AgentSecure, AgentSecureServer};
@@ -54,11 +65,31 @@ pub struct ServiceConfig {
     /// Change batches buffered per subscriber; a subscriber whose buffer is
     /// full is evicted.
     pub subscriber_buffer: usize,
-    /// Snapshots sent at once; further subscribers wait (at least 1).
+    /// Snapshots being produced at once (at least 1); further streams wait.
+    /// A stream waiting for its client to take a chunk holds no slot.
     pub max_concurrent_snapshots: usize,
     /// At shutdown, how long open connections get to close before they are
     /// abandoned (a client that stopped reading never closes).
     pub shutdown_grace: Duration,
+    /// Tagger streams served at once over all connections (at least 1); one
+    /// more is refused with RESOURCE_EXHAUSTED. Each may hold a snapshot and
+    /// HTTP/2 buffers while its client does not read, so this bounds them.
+    pub max_subscriptions: usize,
+    /// HTTP/2 streams one connection may have open at once, advertised as
+    /// its `SETTINGS_MAX_CONCURRENT_STREAMS`; HTTP/2 refuses more.
+    pub max_streams_per_connection: u32,
+    /// Requests that need no token (health checks and watches, reflection)
+    /// served at once over all connections (at least 1); one more is
+    /// refused with RESOURCE_EXHAUSTED.
+    pub max_unauthenticated_requests: usize,
+    /// A connection that has not sent an authenticated request this long
+    /// after it was accepted (its TLS handshake included) is closed, unless
+    /// a request that needs no token is still in flight on it: then once
+    /// the last one ends.
+    pub first_request_timeout: Duration,
+    /// TLS handshakes in progress at once (at least 1); accepting pauses at
+    /// the limit, so silent peers cannot take every file descriptor.
+    pub max_tls_handshakes: usize,
 }
 
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
@@ -67,6 +98,17 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 1000;
 pub const DEFAULT_MAX_CONCURRENT_SNAPSHOTS: usize = 3;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A node's Agent processes and relays are a few dozen clients at most.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1_000;
+/// A tagger client opens one stream per connection; HTTP/2 advises at
+/// least 100.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// Probes and `grpcurl` make a handful of requests.
+pub const DEFAULT_MAX_UNAUTHENTICATED_REQUESTS: usize = 64;
+/// Clients send their request as soon as they are connected.
+pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A handshake takes milliseconds: more at once is a flood.
+pub const DEFAULT_MAX_TLS_HANDSHAKES: usize = 128;
 
 impl Default for ServiceConfig {
     fn default() -> Self {
@@ -77,6 +119,11 @@ impl Default for ServiceConfig {
             subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
             max_concurrent_snapshots: DEFAULT_MAX_CONCURRENT_SNAPSHOTS,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            max_unauthenticated_requests: DEFAULT_MAX_UNAUTHENTICATED_REQUESTS,
+            first_request_timeout: DEFAULT_FIRST_REQUEST_TIMEOUT,
+            max_tls_handshakes: DEFAULT_MAX_TLS_HANDSHAKES,
         }
     }
 }
@@ -112,17 +159,21 @@ struct Inner {
     auth: Authenticator,
     config: ServiceConfig,
     snapshot_slots: Semaphore,
+    /// One permit per stream that may be open ([`ServiceConfig::max_subscriptions`]).
+    subscriptions: Arc<Semaphore>,
 }
 
 impl TaggerService {
     pub fn new(store: StoreHandle, auth: Authenticator, config: ServiceConfig) -> Self {
         let slots = config.max_concurrent_snapshots.max(1);
+        let subscriptions = config.max_subscriptions.max(1);
         Self {
             inner: Arc::new(Inner {
                 store,
                 auth,
                 config,
                 snapshot_slots: Semaphore::new(slots),
+                subscriptions: Arc::new(Semaphore::new(subscriptions)),
             }),
         }
     }
@@ -141,12 +192,34 @@ impl TaggerService {
         AgentSecureServer::new(self).max_encoding_message_size(usize::MAX)
     }
 
+    /// Checks the request's token; once one passes, its connection is no
+    /// longer subject to the first-request timeout.
     async fn authenticate<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let result = self.inner.auth.check(request.metadata()).await;
-        if result.is_err() {
-            increment(&self.inner.store.telemetry().auth_failures);
+        match &result {
+            Ok(()) => {
+                if let Some(admission) = request.extensions().get::<Admission>() {
+                    admission.authenticated();
+                }
+            }
+            Err(_) => increment(&self.inner.store.telemetry().auth_failures),
         }
         result
+    }
+
+    /// A place among the [`ServiceConfig::max_subscriptions`] streams.
+    fn subscription_place(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.inner
+            .subscriptions
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                increment(&self.inner.store.telemetry().requests_refused);
+                Status::resource_exhausted(format!(
+                    "the server already serves its limit of {} tagger streams (--max-subscriptions); retry later",
+                    self.inner.config.max_subscriptions.max(1)
+                ))
+            })
     }
 }
 
@@ -238,6 +311,7 @@ impl AgentSecure for TaggerService {
         let request = request.into_inner();
         let streaming_id = request.streaming_id.clone();
         let request = StreamRequest::parse(request)?;
+        let place = self.subscription_place()?;
         tracing::debug!(
             streaming_id,
             cardinality = %request.cardinality,
@@ -245,7 +319,10 @@ impl AgentSecure for TaggerService {
             "tagger stream opened"
         );
         let (responses, sender, end) = TaggerResponses::new();
-        tokio::spawn(self.clone().stream(request, sender, end, streaming_id));
+        tokio::spawn(
+            self.clone()
+                .stream(request, sender, end, streaming_id, place),
+        );
         Ok(Response::new(responses))
     }
 
@@ -340,21 +417,32 @@ impl Sink<'_> {
         halt: &mut Halt,
     ) -> Result<(), StreamEnd> {
         let events = response.events.len();
-        let sent = tokio::select! {
-            biased;
-            end = halt.wait() => return Err(end),
-            sent = tokio::time::timeout(self.config.send_timeout, self.responses.send(response)) => sent,
-        };
-        match sent {
-            Ok(Ok(())) => {
-                self.last_send = Instant::now();
-                increment(&self.telemetry.sends);
-                self.telemetry.count_events(self.cardinality, events);
-                Ok(())
-            }
-            Ok(Err(_)) => Err(StreamEnd::ClientGone),
-            Err(_) => Err(StreamEnd::SendTimeout),
-        }
+        room(&self.responses, self.config.send_timeout, halt)
+            .await?
+            .send(response);
+        self.last_send = Instant::now();
+        increment(&self.telemetry.sends);
+        self.telemetry.count_events(self.cardinality, events);
+        Ok(())
+    }
+
+    /// Whether a response can be handed over at once: tonic took the last.
+    fn has_room(&self) -> bool {
+        self.responses.capacity() > 0
+    }
+
+    /// Waits until a response can be handed over, within the send timeout.
+    async fn wait_for_room(&self, halt: &mut Halt) -> Result<(), StreamEnd> {
+        // The room stays: nothing else sends on this stream.
+        room(&self.responses, self.config.send_timeout, halt)
+            .await
+            .map(drop)
+    }
+
+    /// Resolves once the client is gone: tonic dropped the responses when
+    /// the stream was cancelled or its connection closed.
+    async fn client_gone(&self) {
+        self.responses.closed().await
     }
 
     fn keepalive_due(&self) -> Instant {
@@ -407,14 +495,40 @@ impl Sink<'_> {
     }
 }
 
+/// Room for one response in `responses`, waited for up to `timeout`.
+async fn room<'a>(
+    responses: &'a ResponseSender,
+    timeout: Duration,
+    halt: &mut Halt,
+) -> Result<mpsc::Permit<'a, EncodedStreamTagsResponse>, StreamEnd> {
+    let reserved = tokio::select! {
+        biased;
+        end = halt.wait() => return Err(end),
+        reserved = tokio::time::timeout(timeout, responses.reserve()) => reserved,
+    };
+    match reserved {
+        Ok(Ok(room)) => Ok(room),
+        Ok(Err(_)) => Err(StreamEnd::ClientGone),
+        Err(_) => Err(StreamEnd::SendTimeout),
+    }
+}
+
+/// A snapshot slot held; the in-flight gauge counts it.
+struct SnapshotSlot<'a> {
+    _permit: SemaphorePermit<'a>,
+    _in_flight: GaugeGuard<'a>,
+}
+
 impl TaggerService {
-    /// Runs one stream to its end, then hands tonic the status saying why.
+    /// Runs one stream to its end, then hands tonic the status saying why
+    /// and gives its `place` back.
     async fn stream(
         self,
         request: StreamRequest,
         responses: ResponseSender,
         end_status: oneshot::Sender<Status>,
         streaming_id: String,
+        place: OwnedSemaphorePermit,
     ) {
         let inner = &*self.inner;
         let config = &inner.config;
@@ -468,6 +582,7 @@ impl TaggerService {
         // Set before the responses' sender goes (with `sink`), so the stream
         // finds it once the responses before it are read.
         let _ = end_status.send(status);
+        drop(place);
     }
 
     async fn run_stream(&self, request: &StreamRequest, sink: &mut Sink<'_>) -> StreamEnd {
@@ -514,8 +629,8 @@ impl TaggerService {
             store: store.clone(),
             subscription: None,
         };
-        let permit = match self.snapshot_slot(sink, &mut halt).await {
-            Ok(permit) => permit,
+        let slot = match self.snapshot_slot(sink, &mut halt, true).await {
+            Ok(slot) => slot,
             Err(end) => return end,
         };
         let Some((snapshot, subscription)) = store.subscribe_with_snapshot(&request.filter, buffer)
@@ -523,47 +638,96 @@ impl TaggerService {
             return StreamEnd::Shutdown;
         };
         halt.subscription = Some(subscription.stop);
-        let in_flight = GaugeGuard::raise(&telemetry.snapshots_in_flight);
         let revision = snapshot.revision;
-        for chunk in snapshot.into_chunks(request.cardinality, inner.config.chunk_budget()) {
-            let mut response = sink.response(chunk.events, revision);
-            response.snapshot_complete = chunk.complete;
-            if let Err(end) = sink.send(response, &mut halt).await {
-                return end;
-            }
+        let chunks = snapshot.into_chunks(request.cardinality, inner.config.chunk_budget());
+        if let Err(end) = self
+            .send_snapshot(chunks, revision, slot, sink, &mut halt)
+            .await
+        {
+            return end;
         }
-        drop(in_flight);
-        drop(permit);
         increment(&telemetry.snapshots_sent);
         sink.synced_revision = revision;
         live(subscription.batches, &request.filter, sink, &mut halt).await
     }
 
-    /// Waits for one of the snapshot slots. A stream that has to wait gets
-    /// an empty response at once (clients must not wait for headers) and
-    /// keep-alives while it waits.
+    /// Sends a snapshot's `chunks`, producing each with a snapshot slot
+    /// held. When the client has not taken the last chunk yet, the slot goes
+    /// back while the stream waits for it (up to the send timeout), and is
+    /// taken again to go on: a client that does not read keeps no slot from
+    /// the others. What it keeps is its snapshot, a pointer to each entity
+    /// not sent yet (and so those entities' versions), until the send
+    /// timeout; `max_subscriptions` bounds how many streams do.
+    async fn send_snapshot(
+        &self,
+        mut chunks: SnapshotChunks,
+        revision: u64,
+        slot: SnapshotSlot<'_>,
+        sink: &mut Sink<'_>,
+        halt: &mut Halt,
+    ) -> Result<(), StreamEnd> {
+        let telemetry = self.inner.store.telemetry();
+        let mut slot = Some(slot);
+        loop {
+            if !sink.has_room() {
+                slot = None;
+                let _stalled = GaugeGuard::raise(&telemetry.snapshots_stalled);
+                sink.wait_for_room(halt).await?;
+            }
+            if slot.is_none() {
+                slot = Some(self.snapshot_slot(sink, halt, false).await?);
+            }
+            // Encoded here, with the slot held.
+            let Some(chunk) = chunks.next() else {
+                return Ok(());
+            };
+            let mut response = sink.response(chunk.events, revision);
+            response.snapshot_complete = chunk.complete;
+            sink.send(response, halt).await?;
+            if chunk.complete {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for one of the snapshot slots. A stream that has to wait for
+    /// its `first` gets an empty response at once (clients must not wait for
+    /// headers) and keep-alives while it waits.
     async fn snapshot_slot(
         &self,
         sink: &mut Sink<'_>,
         halt: &mut Halt,
-    ) -> Result<SemaphorePermit<'_>, StreamEnd> {
+        first: bool,
+    ) -> Result<SnapshotSlot<'_>, StreamEnd> {
+        let telemetry = self.inner.store.telemetry();
         let slots = &self.inner.snapshot_slots;
-        if let Ok(permit) = slots.try_acquire() {
-            return Ok(permit);
-        }
-        let _waiting = GaugeGuard::raise(&self.inner.store.telemetry().snapshots_waiting);
-        sink.send(sink.response(Vec::new(), 0), halt).await?;
-        let acquire = slots.acquire();
-        tokio::pin!(acquire);
-        loop {
-            tokio::select! {
-                biased;
-                end = halt.wait() => return Err(end),
-                // The semaphore is never closed; treat it like a shutdown anyway.
-                permit = &mut acquire => return permit.map_err(|_| StreamEnd::Shutdown),
-                () = tokio::time::sleep_until(sink.keepalive_due()) => sink.send_keepalive(halt).await?,
+        let permit = match slots.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let _waiting = GaugeGuard::raise(&telemetry.snapshots_waiting);
+                if first {
+                    sink.send(sink.response(Vec::new(), 0), halt).await?;
+                }
+                let acquire = slots.acquire();
+                tokio::pin!(acquire);
+                loop {
+                    tokio::select! {
+                        biased;
+                        end = halt.wait() => return Err(end),
+                        () = sink.client_gone() => return Err(StreamEnd::ClientGone),
+                        // The semaphore is never closed; treat it like a shutdown anyway.
+                        permit = &mut acquire => break permit.map_err(|_| StreamEnd::Shutdown)?,
+                        () = tokio::time::sleep_until(sink.keepalive_due()), if first => {
+                            sink.send_keepalive(halt).await?;
+                        }
+                    }
+                }
             }
-        }
+        };
+        Ok(SnapshotSlot {
+            _permit: permit,
+            _in_flight: GaugeGuard::raise(&telemetry.snapshots_in_flight),
+        })
     }
 }
 
@@ -580,6 +744,7 @@ async fn live(
         let received = tokio::select! {
             biased;
             end = halt.wait() => return end,
+            () = sink.client_gone() => return StreamEnd::ClientGone,
             batch = batches.recv() => batch,
             () = tokio::time::sleep_until(sink.keepalive_due()) => {
                 if let Err(end) = sink.send_keepalive(halt).await {
@@ -625,6 +790,148 @@ mod tests {
             revision,
             ..Default::default()
         }
+    }
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// A service with one snapshot slot over a store of `entities` entities
+    /// of 16 KiB each: four to a chunk.
+    fn one_slot_service(entities: usize) -> TaggerService {
+        let store = StoreHandle::new(super::super::Store::new(
+            super::super::Epoch::from_seed(1),
+            10,
+        ));
+        let tag = "t".repeat(16 * 1024);
+        store.apply((0..entities).map(|i| {
+            let mut entity =
+                crate::domain::Entity::new(EntityId::parse(&format!("process://{i}")).unwrap());
+            entity.high = vec![tag.clone()];
+            crate::domain::EntityEvent::Added(entity)
+        }));
+        let config = ServiceConfig {
+            max_concurrent_snapshots: 1,
+            ..ServiceConfig::default()
+        };
+        TaggerService::new(store, Authenticator::fixed(TOKEN).unwrap(), config)
+    }
+
+    /// A stream of the whole store, run as tonic would run it.
+    fn open(service: &TaggerService) -> TaggerResponses {
+        let (responses, sender, end) = TaggerResponses::new();
+        let request = StreamRequest {
+            cardinality: Cardinality::High,
+            filter: PrefixFilter::all(),
+            resume: None,
+        };
+        let place = service.subscription_place().unwrap();
+        tokio::spawn(
+            service
+                .clone()
+                .stream(request, sender, end, "test".to_owned(), place),
+        );
+        responses
+    }
+
+    async fn wait_for_stats(
+        service: &TaggerService,
+        done: impl Fn(&super::super::ServerStats) -> bool,
+    ) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !done(&service.store().stats()) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the stats reached the state awaited");
+    }
+
+    /// Reads up to the response that completes the snapshot; its events.
+    async fn read_snapshot(stream: &mut TaggerResponses) -> usize {
+        let mut events = 0;
+        loop {
+            let response = stream.next().await.unwrap().unwrap();
+            events += response.events.len();
+            if response.snapshot_complete {
+                return events;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_waits_for_a_slot_with_a_placeholder_then_gets_its_snapshot() {
+        let service = one_slot_service(3);
+        let held = service.inner.snapshot_slots.try_acquire().unwrap();
+        let mut stream = open(&service);
+        // Answered at once, with an empty placeholder, not with the snapshot.
+        let placeholder = stream.next().await.unwrap().unwrap();
+        assert!(placeholder.events.is_empty() && !placeholder.snapshot_complete);
+        assert_eq!(placeholder.revision, 0);
+        wait_for_stats(&service, |s| s.snapshots_waiting == 1).await;
+
+        drop(held);
+        assert_eq!(read_snapshot(&mut stream).await, 3);
+        wait_for_stats(&service, |s| {
+            (s.snapshots_sent, s.snapshots_waiting, s.snapshots_in_flight) == (1, 0, 0)
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_a_stream_waiting_for_a_slot_with_unavailable() {
+        let service = one_slot_service(3);
+        let _held = service.inner.snapshot_slots.try_acquire().unwrap();
+        let mut stream = open(&service);
+        stream.next().await.unwrap().unwrap();
+        wait_for_stats(&service, |s| s.snapshots_waiting == 1).await;
+
+        service.store().close();
+        let status = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (
+                Code::Unavailable,
+                "the tagger server is shutting down; reconnect later"
+            )
+        );
+        wait_for_stats(&service, |s| s.snapshots_waiting == 0).await;
+    }
+
+    /// The one slot goes to whoever produces: a stream whose client has not
+    /// taken its first chunk gives it back, and takes it again once the
+    /// client reads.
+    #[tokio::test]
+    async fn a_stream_whose_client_does_not_read_gives_its_slot_back_until_it_does() {
+        let service = one_slot_service(40);
+        let mut stalled = open(&service);
+        wait_for_stats(&service, |s| {
+            (s.snapshots_stalled, s.snapshots_in_flight) == (1, 0)
+        })
+        .await;
+
+        let mut reading = open(&service);
+        assert_eq!(read_snapshot(&mut reading).await, 40);
+        assert_eq!(service.store().stats().snapshots_stalled, 1);
+        assert_eq!(read_snapshot(&mut stalled).await, 40);
+        wait_for_stats(&service, |s| {
+            (s.snapshots_sent, s.snapshots_stalled, s.snapshots_in_flight) == (2, 0, 0)
+        })
+        .await;
+    }
+
+    /// The stream's task notices at once that tonic dropped its responses,
+    /// though nothing is due to be sent, and unsubscribes.
+    #[tokio::test]
+    async fn a_stream_dropped_by_tonic_ends_its_subscription() {
+        let service = one_slot_service(1);
+        let mut stream = open(&service);
+        read_snapshot(&mut stream).await;
+        assert_eq!(service.store().stats().subscribers, 1);
+        drop(stream);
+        wait_for_stats(&service, |s| s.subscribers == 0).await;
+        assert_eq!(
+            service.inner.subscriptions.available_permits(),
+            DEFAULT_MAX_SUBSCRIPTIONS
+        );
     }
 
     #[tokio::test]

@@ -21,10 +21,14 @@ pub struct ServerStats {
     pub keepalives: u64,
     /// Snapshots sent to the end.
     pub snapshots_sent: u64,
-    /// Snapshots being sent now (gauge; at most `max_concurrent_snapshots`).
+    /// Snapshots being produced now, holding a slot (gauge; at most
+    /// `max_concurrent_snapshots`).
     pub snapshots_in_flight: u64,
-    /// Streams waiting for a snapshot slot (gauge).
+    /// Streams waiting for a snapshot slot, to start or to go on (gauge).
     pub snapshots_waiting: u64,
+    /// Snapshots started whose client has not taken the last chunk; they
+    /// wait for it without a slot (gauge).
+    pub snapshots_stalled: u64,
     /// Resume requests answered with only the missed changes.
     pub resumes_accepted: u64,
     /// Resume requests answered with a snapshot (other epoch, revision out of the log).
@@ -33,6 +37,9 @@ pub struct ServerStats {
     pub subscribers_evicted: u64,
     /// Requests refused for a missing or wrong token.
     pub auth_failures: u64,
+    /// Requests refused at a limit: `max_subscriptions` for tagger streams,
+    /// `max_unauthenticated_requests` for health and reflection.
+    pub requests_refused: u64,
     /// Source problems reported (an entities file turned unreadable or
     /// invalid; the last good state is kept).
     pub source_errors: u64,
@@ -82,10 +89,12 @@ pub(crate) struct Telemetry {
     pub snapshots_sent: AtomicU64,
     pub snapshots_in_flight: AtomicU64,
     pub snapshots_waiting: AtomicU64,
+    pub snapshots_stalled: AtomicU64,
     pub resumes_accepted: AtomicU64,
     pub resumes_refused: AtomicU64,
     pub subscribers_evicted: AtomicU64,
     pub auth_failures: AtomicU64,
+    pub requests_refused: AtomicU64,
     pub source_errors: AtomicU64,
     pub source_skipped: AtomicU64,
     pub upstream_connected: AtomicBool,
@@ -127,10 +136,12 @@ impl Telemetry {
             snapshots_sent: get(&self.snapshots_sent),
             snapshots_in_flight: get(&self.snapshots_in_flight),
             snapshots_waiting: get(&self.snapshots_waiting),
+            snapshots_stalled: get(&self.snapshots_stalled),
             resumes_accepted: get(&self.resumes_accepted),
             resumes_refused: get(&self.resumes_refused),
             subscribers_evicted: get(&self.subscribers_evicted),
             auth_failures: get(&self.auth_failures),
+            requests_refused: get(&self.requests_refused),
             source_errors: get(&self.source_errors),
             source_skipped: get(&self.source_skipped),
             upstream_connected: self.upstream_connected.load(Ordering::Relaxed),

@@ -22,9 +22,6 @@ pub const GENERATED_CERT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// A generated certificate's lifetime: the Agent's 50 years of 365 days.
 const GENERATED_CERT_VALIDITY: Duration = Duration::from_secs(50 * 365 * 24 * 60 * 60);
 
-/// Bounds a TLS handshake, so a silent peer cannot hold a connection.
-pub(super) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A certificate and its private key, checked to be usable together.
 #[derive(Clone)]
 pub struct TlsIdentity {

@@ -31,6 +31,20 @@ use tonic::transport::{Channel, Endpoint, Uri};
 /// A channel to `addr` trusting exactly the certificate of `ipc_cert` and
 /// presenting its pair.
 pub async fn pinned_channel(addr: std::net::SocketAddr, ipc_cert: &Path) -> Channel {
+    let connector = PinnedConnector {
+        addr,
+        config: pinned_tls_config(ipc_cert),
+    };
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a valid uri")
+        .connect_with_connector(connector)
+        .await
+        .expect("the server accepts the pinned connection")
+}
+
+/// The TLS client configuration of Datadog's Rust client for the server of
+/// `ipc_cert`: TLS 1.3, that certificate pinned, its pair presented, `h2`.
+pub fn pinned_tls_config(ipc_cert: &Path) -> Arc<ClientConfig> {
     let pem = std::fs::read(ipc_cert).expect("the certificate file is readable");
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
@@ -48,15 +62,20 @@ pub async fn pinned_channel(addr: std::net::SocketAddr, ipc_cert: &Path) -> Chan
         .with_client_auth_cert(chain, key)
         .expect("a usable client certificate");
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = PinnedConnector {
-        addr,
-        config: Arc::new(config),
-    };
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a valid uri")
-        .connect_with_connector(connector)
-        .await
-        .expect("the server accepts the pinned connection")
+    Arc::new(config)
+}
+
+/// A TLS connection to `addr` with `config` (see [`pinned_tls_config`]).
+pub async fn pinned_tls(
+    addr: std::net::SocketAddr,
+    config: Arc<ClientConfig>,
+) -> io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    // As tonic's own connector (and so Datadog's client): no Nagle delay on
+    // small requests.
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from("localhost").expect("a valid name");
+    TlsConnector::from(config).connect(name, tcp).await
 }
 
 #[derive(Clone)]
@@ -76,15 +95,7 @@ impl tower_service::Service<Uri> for PinnedConnector {
 
     fn call(&mut self, _: Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move {
-            let tcp = TcpStream::connect(this.addr).await?;
-            // As tonic's own connector (and so Datadog's client): no Nagle
-            // delay on small requests.
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from("localhost").expect("a valid name");
-            let tls = TlsConnector::from(this.config).connect(name, tcp).await?;
-            Ok(TokioIo::new(tls))
-        })
+        Box::pin(async move { Ok(TokioIo::new(pinned_tls(this.addr, this.config).await?)) })
     }
 }
 

@@ -7,6 +7,7 @@ pub mod binary;
 pub mod children;
 pub mod datadog_client;
 pub mod plain_datadog;
+pub mod raw_h2;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
