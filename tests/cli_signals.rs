@@ -9,8 +9,9 @@
 mod common;
 
 use std::process::ExitStatus;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::PATIENCE;
 use common::binary::{Running, command, ignoring_sigint};
 use common::plain_datadog::{PlainDatadog, Script};
 
@@ -181,7 +182,17 @@ fn a_second_ctrl_c_ends_a_graceful_shutdown_held_up_by_a_stuck_client() {
     use remote_tagger::proto::model::StreamTagsRequest;
 
     let home = tempfile::tempdir().unwrap();
-    let (mut serve, address) = serving(home.path(), "5000", &["--insecure-plaintext"]);
+    let (mut serve, address) = serving(
+        home.path(),
+        "5000",
+        &["--insecure-plaintext", "--metrics-listen", "127.0.0.1:0"],
+    );
+    let metrics = serve.wait_for_stderr("metrics on http://");
+    let metrics = metrics
+        .split_once("http://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(addr, _)| addr.to_owned())
+        .unwrap();
     let token = std::fs::read_to_string(home.path().join("auth_token")).unwrap();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -215,6 +226,10 @@ fn a_second_ctrl_c_ends_a_graceful_shutdown_held_up_by_a_stuck_client() {
         stream.message().await.unwrap().unwrap();
         (stream, client)
     });
+    // Only a stream whose client stopped taking its snapshot holds the
+    // shutdown up: until the flow-control window is full, the server may
+    // still end it cleanly.
+    wait_for_stalled_snapshot(&metrics);
     serve.signal(libc::SIGINT);
     serve.wait_for_stderr("shutting down");
     assert!(
@@ -222,4 +237,29 @@ fn a_second_ctrl_c_ends_a_graceful_shutdown_held_up_by_a_stuck_client() {
         "the stuck client held nothing up: the test proves nothing"
     );
     assert_eq!(stop_with(&mut serve, libc::SIGINT).code(), Some(130));
+}
+
+/// Polls `serve`'s metrics at `addr` until a snapshot is stalled on its
+/// client (`tagger_server_snapshots_stalled` above 0).
+fn wait_for_stalled_snapshot(addr: &str) {
+    use std::io::{Read, Write};
+    let began = Instant::now();
+    loop {
+        let mut connection = std::net::TcpStream::connect(addr).unwrap();
+        connection
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        connection.read_to_string(&mut page).unwrap();
+        let stalled = page
+            .lines()
+            .find_map(|line| line.strip_prefix("tagger_server_snapshots_stalled "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if stalled > 0.0 {
+            return;
+        }
+        assert!(began.elapsed() < PATIENCE, "no snapshot stalled: {page}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
