@@ -263,8 +263,6 @@ async fn our_client_backs_off_after_an_eviction_then_resumes() {
     let relay = StallingRelay::start(server.addr).await;
     let tagger = RemoteTagger::start(our_client(relay.addr, &token_file)).unwrap();
     let mut events = tagger.subscribe();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    eprintln!("DEBUG {:?}", tagger.status().borrow());
     within("the first sync", tagger.wait_synced()).await;
 
     relay.stalled.send_replace(true);
