@@ -33,6 +33,7 @@ pub use transport::{BoxFuture, ClientCertificate, Dialer, Io, TcpDialer, TlsMode
 use crate::core::{BackoffConfig, ClientTelemetry, ConnectionState, CoreConfig, Event};
 use crate::domain::{Cardinality, EntityId};
 use crate::mirror::MirrorReader;
+use crate::origin::OriginInfo;
 use crate::proto::model::FetchEntityRequest;
 
 /// Default largest message the client accepts (the Datadog default).
@@ -274,6 +275,27 @@ pub async fn fetch_entity(
         .await
         .map_err(|status| FetchError::Server(transport::describe(&status)))?;
     Ok(response.into_inner().tags)
+}
+
+/// Asks the server which container `origin` belongs to
+/// (`TaggerGenerateContainerIDFromOriginInfo`); `None` when it knows none.
+/// The request carries every field, zero for the unknown ones, as the
+/// Agent's own client sends it (see [`OriginInfo::to_proto`]).
+pub async fn container_id_from_origin(
+    config: &ClientConfig,
+    origin: &OriginInfo,
+) -> Result<Option<String>, FetchError> {
+    validate(config)?;
+    let (mut client, token) = transport::connect(config, Arc::new(TcpDialer))
+        .await
+        .map_err(FetchError::Connect)?;
+    let request = transport::authorized(origin.to_proto(), &token).map_err(FetchError::Connect)?;
+    let response = client
+        .tagger_generate_container_id_from_origin_info(request)
+        .await
+        .map_err(|status| FetchError::Server(transport::describe(&status)))?;
+    let container_id = response.into_inner().container_id;
+    Ok((!container_id.is_empty()).then_some(container_id))
 }
 
 /// Why a one-off request failed.

@@ -1,6 +1,8 @@
 //! The tagger server: serves `datadog.api.v1.AgentSecure`'s
 //! `TaggerStreamEntities` and `TaggerFetchEntity` to Datadog remote taggers
-//! and to this project's client (see `shared/wire-spec.md`, sections 3-5).
+//! and to this project's client (see `shared/wire-spec.md`, sections 3-5),
+//! and `TaggerGenerateContainerIDFromOriginInfo` from the host source's
+//! data (see [`OriginResolver`]).
 //!
 //! Layers, from the bottom:
 //! - [`Store`]: the pure, synchronous entity store (revisions, change log,
@@ -19,6 +21,7 @@ mod entities_file;
 mod health;
 mod host_source;
 mod hub;
+mod origin;
 mod relay_source;
 pub(crate) mod secret_file;
 mod service;
@@ -45,13 +48,17 @@ pub use entities_file::{
 pub use health::HEALTH_SERVICE_NAMES;
 pub use host_source::CMDLINE_TAG_MAX_BYTES;
 pub use hub::StoreHandle;
+pub use origin::{
+    CACHE_CAPACITY as ORIGIN_CACHE_CAPACITY, FOUND_TTL as ORIGIN_FOUND_TTL,
+    NOT_FOUND_TTL as ORIGIN_NOT_FOUND_TTL, OriginResolver, OriginResult, container_in_cgroup_file,
+};
 pub use service::{
     DEFAULT_FIRST_REQUEST_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_SNAPSHOTS,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_SUBSCRIPTIONS,
     DEFAULT_MAX_TLS_HANDSHAKES, DEFAULT_MAX_UNAUTHENTICATED_REQUESTS, DEFAULT_SEND_TIMEOUT,
     DEFAULT_SHUTDOWN_GRACE, DEFAULT_SUBSCRIBER_BUFFER, ServiceConfig, TaggerService,
 };
-pub use stats::{EventsByCardinality, ServerStats};
+pub use stats::{EventsByCardinality, OriginRequests, ServerStats};
 pub use store::{
     Change, Epoch, PrefixFilter, Snapshot, SnapshotChunk, SnapshotChunks, Store, StoredEntity,
 };
@@ -472,6 +479,12 @@ impl Server {
         };
         let epoch = Epoch::random().map_err(ServeError::Randomness)?;
         let store = StoreHandle::new(Store::new(epoch, config.change_log_capacity));
+        let origins = match &config.source {
+            Source::Workload { .. } => OriginResolver::unsupported("workload"),
+            Source::EntitiesFile(_) => OriginResolver::unsupported("entities file"),
+            Source::Host { root, .. } => OriginResolver::host(root.clone()),
+            Source::Upstream(_) => OriginResolver::unsupported("relay"),
+        };
         let (source, initial) = match config.source {
             Source::Workload {
                 entities,
@@ -522,7 +535,7 @@ impl Server {
         Ok(Self {
             listener,
             local_addr,
-            service: TaggerService::new(store, auth, config.service),
+            service: TaggerService::with_origins(store, auth, config.service, origins),
             security,
             source,
         })
