@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::core::ConnectionId;
+use crate::defaults;
 use crate::proto::model::StreamTagsResponse;
 use crate::rng::SplitMix64;
 
@@ -41,7 +42,7 @@ impl Default for NetworkConfig {
             latency: Duration::ZERO,
             jitter: Duration::ZERO,
             loss_per_mille: 0,
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: defaults::CONNECT_TIMEOUT,
             keepalive_detection: Duration::from_secs(30),
             server_keepalive: None,
         }

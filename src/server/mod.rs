@@ -69,8 +69,10 @@ use workload_source::WorkloadSource;
 use crate::client::ClientConfig;
 
 /// The Datadog core agent's IPC port, on loopback only.
-pub const DEFAULT_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5001);
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    crate::defaults::PORT,
+);
 pub const DEFAULT_CHANGE_LOG_CAPACITY: usize = 10_000;
 pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the host source re-scans `/proc`: processes come and go fast,
