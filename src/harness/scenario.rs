@@ -7,6 +7,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use super::network::SCALED_KEEPALIVE_DETECTION;
 use super::{HARNESS_PREFIXES, Harness, HarnessConfig, NetworkConfig, Op, Violation};
 use crate::core::BackoffConfig;
 use crate::defaults;
@@ -16,9 +17,6 @@ use crate::rng::SplitMix64;
 /// How long faults and churn go on before everything heals.
 pub const FAULT_PHASE: Duration = Duration::from_secs(60 * 60);
 
-/// The client's HTTP/2 keep-alive (PING every 20 s, 10 s to answer) as the
-/// driver configures it: how long a stalled link goes unnoticed.
-const KEEPALIVE_DETECTION: Duration = Duration::from_secs(30);
 /// Milliseconds between two drops of `flapping`: well within the backoff's
 /// reset period, so no stream earns a reset.
 const FLAP_EVERY_MS: (u64, u64) = (1_000, 3_000);
@@ -388,7 +386,7 @@ impl Planner<'_> {
                 jitter,
                 loss_per_mille: 0,
                 connect_timeout: defaults::CONNECT_TIMEOUT,
-                keepalive_detection: KEEPALIVE_DETECTION,
+                keepalive_detection: SCALED_KEEPALIVE_DETECTION,
                 server_keepalive: Some(defaults::SERVER_KEEPALIVE_INTERVAL),
             },
         }
