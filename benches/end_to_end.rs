@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use remote_tagger::client::{ClientConfig, ClientStatus, RemoteTagger, TlsMode, TlsSettings};
+use remote_tagger::client::{ClientConfig, ClientStatus, RemoteTagger, TlsSettings};
 use remote_tagger::core::{BackoffConfig, ConnectionState, Event};
 use remote_tagger::domain::{Cardinality, EntityEvent, EntityId};
 use remote_tagger::proto::api::agent_secure_client::AgentSecureClient;
@@ -290,7 +290,7 @@ async fn resume_versus_resync() -> Vec<Row> {
         // Reconnect attempts fail for the whole outage; without a cap the
         // interval would grow to hundreds of ms and the figure would be the
         // backoff's, not the resume's.
-        config.backoff = BackoffConfig {
+        config.core.backoff = BackoffConfig {
             initial_interval: Duration::from_millis(10),
             max_interval: Duration::from_millis(20),
             ..BackoffConfig::default()
@@ -629,9 +629,10 @@ async fn consume(
                 *losses
                     .lock()
                     .expect("no consumer panics")
-                    .entry(reason)
+                    .entry(reason.to_string())
                     .or_default() += 1;
             }
+            Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 lagged.fetch_add(missed, Ordering::Relaxed);
             }
@@ -984,14 +985,11 @@ async fn churn(
 
 /// A client of `server` that verifies its certificate.
 fn client_config(server: &BenchServer, target: &str) -> ClientConfig {
-    let mut config = ClientConfig::new(target, server.token_file());
-    config.tls = TlsSettings {
-        mode: TlsMode::Verify {
-            ca_file: server.cert_file(),
-        },
-        ..TlsSettings::default()
-    };
-    config
+    ClientConfig::new(
+        target,
+        server.token_file(),
+        TlsSettings::verify(server.cert_file()),
+    )
 }
 
 /// A server on a loopback port with its token and certificate in a

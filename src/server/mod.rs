@@ -72,8 +72,10 @@ use workload_source::WorkloadSource;
 use crate::client::ClientConfig;
 
 /// The Datadog core agent's IPC port, on loopback only.
-pub const DEFAULT_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5001);
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    crate::defaults::PORT,
+);
 pub const DEFAULT_CHANGE_LOG_CAPACITY: usize = 10_000;
 pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Entities files larger than this are refused: 256 MiB is about 400,000

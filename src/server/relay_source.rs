@@ -31,8 +31,8 @@ impl RelaySource {
     /// the first sync lands; the server does not wait for an upstream that
     /// may be away.
     pub fn start(mut config: ClientConfig) -> Result<Self, ClientError> {
-        config.cardinality = Cardinality::High;
-        config.prefixes = upstream_prefixes(&config.prefixes);
+        config.core.cardinality = Cardinality::High;
+        config.core.prefixes = upstream_prefixes(&config.core.prefixes);
         Ok(Self {
             tagger: RemoteTagger::start(config)?,
         })

@@ -45,6 +45,7 @@ use super::connections::Admission;
 use super::hub::{ChangeBatch, ResumeRefused, Stop, StoreHandle};
 use super::stats::{GaugeGuard, Telemetry, increment};
 use super::store::{Chunker, PrefixFilter, SnapshotChunks};
+use crate::defaults;
 use crate::domain::{Cardinality, EntityId};
 use crate::proto::encoded::EncodedStreamTagsResponse;
 use crate::proto::encoded::agent_secure_server::{AgentSecure, AgentSecureServer};
@@ -92,11 +93,11 @@ pub struct ServiceConfig {
     pub max_tls_handshakes: usize,
 }
 
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
-pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(9 * 60);
-pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = defaults::MAX_MESSAGE_SIZE;
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = defaults::SERVER_KEEPALIVE_INTERVAL;
+pub const DEFAULT_SEND_TIMEOUT: Duration = defaults::SEND_TIMEOUT;
 pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 1000;
-pub const DEFAULT_MAX_CONCURRENT_SNAPSHOTS: usize = 3;
+pub const DEFAULT_MAX_CONCURRENT_SNAPSHOTS: usize = defaults::MAX_CONCURRENT_SNAPSHOTS;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A node's Agent processes and relays are a few dozen clients at most.
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1_000;
@@ -132,17 +133,9 @@ impl ServiceConfig {
     /// The summed size of encoded events at which a response is cut (the
     /// first event of a response always goes, however large).
     pub fn chunk_budget(&self) -> usize {
-        (self.max_message_size / 2).min(CHUNK_TARGET)
+        (self.max_message_size / 2).min(defaults::CHUNK_TARGET)
     }
 }
-
-/// Responses are cut at this many bytes of events, well within the spec's
-/// bound of half the max message size. A 64 KiB response stays in a core's
-/// cache from decryption to decoding, on both sides, where a 2 MiB one is
-/// evicted between those passes over it. Medians of a 100k-entity sync in
-/// one comparison: 152-160 ms with 64 or 128 KiB responses, 190-203 ms with
-/// 2 MiB, 182-186 ms with 16, 32 or 256 KiB (BENCHMARKS.md, session 5).
-const CHUNK_TARGET: usize = 64 * 1024;
 
 /// Live change batches drained into one round of responses at most: enough
 /// to coalesce a burst of small batches, few enough to keep latency low.
