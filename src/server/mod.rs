@@ -59,7 +59,6 @@ pub use tls::{CertFileError, GENERATED_CERT_NAMES, PemProblem, TlsIdentity};
 /// The parts that only the tests, benches and fuzzers call on their own.
 #[cfg(feature = "test-kit")]
 pub use {
-    entities_file::diff_entities,
     host_source::{HostScanner, PROCESS_REFRESH_SCANS, ScanStats, scan as scan_host},
     store::Chunker,
 };
