@@ -32,10 +32,9 @@ use remote_tagger::client::{ClientConfig, ClientStatus, RemoteTagger, TlsMode, T
 use remote_tagger::core::{BackoffConfig, ConnectionState, Event};
 use remote_tagger::domain::{Cardinality, EntityEvent, EntityId};
 use remote_tagger::proto::api::agent_secure_client::AgentSecureClient;
-use remote_tagger::proto::encoded::EncodedStreamTagsResponse;
 use remote_tagger::proto::model::{StreamTagsRequest, StreamTagsResponse};
 use remote_tagger::server::{
-    DEFAULT_CHANGE_LOG_CAPACITY, Epoch, PrefixFilter, RunningServer, ServeConfig, Server,
+    DEFAULT_CHANGE_LOG_CAPACITY, Epoch, Framer, PrefixFilter, RunningServer, ServeConfig, Server,
     ServerStats, ServiceConfig, Source, Store, StoreHandle,
 };
 use remote_tagger::workload::{Workload, WorkloadConfig};
@@ -252,24 +251,14 @@ fn snapshot_responses() -> Vec<Vec<u8>> {
     let workload = bench_workload();
     let mut store = Store::new(Epoch::from_seed(SEED), 0);
     store.apply(workload.snapshot().into_iter().map(EntityEvent::Added));
-    let epoch = store.epoch().to_string();
-    let revision = store.revision();
-    store
-        .snapshot_chunks(
-            Cardinality::High,
-            &PrefixFilter::all(),
-            ServiceConfig::default().chunk_budget(),
-        )
-        .map(|chunk| {
-            EncodedStreamTagsResponse {
-                events: chunk.events,
-                revision,
-                snapshot_complete: chunk.complete,
-                server_epoch: epoch.clone(),
-                resumed: false,
-            }
-            .encode_to_vec()
-        })
+    let framer = Framer::new(
+        store.epoch().clone(),
+        Cardinality::High,
+        ServiceConfig::default().chunk_budget(),
+    );
+    framer
+        .snapshot(store.snapshot(&PrefixFilter::all()))
+        .map(|response| response.encode_to_vec())
         .collect()
 }
 
