@@ -19,11 +19,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use children::Children;
-use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode, TlsSettings};
-use remote_tagger::domain::{Entity, EntityEvent, EntityId};
-use remote_tagger::server::{
-    HostScanner, ServeConfig, Server, Source, StoreHandle, diff_entities, scan_host,
-};
+use remote_tagger::client::{ClientConfig, RemoteTagger, TlsSettings};
+use remote_tagger::domain::{Entity, EntityEvent, EntityId, diff_entities};
+use remote_tagger::server::{HostScanner, ServeConfig, Server, Source, StoreHandle, scan_host};
 
 const SCANS: usize = 31;
 const EXTRA_PROCESSES: usize = 1_000;
@@ -133,14 +131,11 @@ async fn start_server(dir: &Path, source: Source) -> (std::net::SocketAddr, Stor
 }
 
 fn client_of(dir: &Path, addr: std::net::SocketAddr) -> ClientConfig {
-    let mut config = ClientConfig::new(addr.to_string(), dir.join("auth_token"));
-    config.tls = TlsSettings {
-        mode: TlsMode::Verify {
-            ca_file: dir.join("ipc_cert.pem"),
-        },
-        ..TlsSettings::default()
-    };
-    config
+    ClientConfig::new(
+        addr.to_string(),
+        dir.join("auth_token"),
+        TlsSettings::verify(dir.join("ipc_cert.pem")),
+    )
 }
 
 async fn bench_relay_delay() {

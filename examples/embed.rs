@@ -15,7 +15,7 @@
 use std::error::Error;
 use std::time::Duration;
 
-use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode};
+use remote_tagger::client::{ClientConfig, RemoteTagger, TlsSettings};
 use remote_tagger::core::Event;
 use remote_tagger::defaults;
 use remote_tagger::domain::Cardinality;
@@ -23,12 +23,14 @@ use remote_tagger::domain::Cardinality;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let target = std::env::var("REMOTE_TAGGER_TARGET").unwrap_or_else(|_| defaults::TARGET.into());
-    let mut config = ClientConfig::new(target, defaults::auth_token_file());
-    config.tls.mode = TlsMode::Verify {
-        ca_file: defaults::cert_file(),
-    };
-    config.cardinality = Cardinality::Orchestrator;
-    config.prefixes = vec!["container_id".into(), "kubernetes_pod_uid".into()];
+    // The files `serve` writes, in $REMOTE_TAGGER_HOME (see `defaults`).
+    let mut config = ClientConfig::new(
+        target,
+        defaults::auth_token_file(),
+        TlsSettings::serve_defaults(),
+    );
+    config.core.cardinality = Cardinality::Orchestrator;
+    config.core.prefixes = vec!["container_id".into(), "kubernetes_pod_uid".into()];
 
     let tagger = RemoteTagger::start(config)?;
     if tokio::time::timeout(Duration::from_secs(30), tagger.wait_synced())
@@ -36,7 +38,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .is_err()
     {
         let status = tagger.status().borrow().clone();
-        return Err(format!("not synced after 30 s: {:?}", status.last_error).into());
+        let last = status
+            .last_error
+            .map_or("none".to_owned(), |e| e.to_string());
+        return Err(format!("not synced after 30 s (last error: {last})").into());
     }
 
     // One reader per thread; queries never block behind the stream's writes.

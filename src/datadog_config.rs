@@ -34,12 +34,13 @@ use std::path::{Path, PathBuf};
 use saphyr::{Scalar, Yaml, YamlLoader};
 use saphyr_parser::Parser;
 
-use crate::client::{ClientConfig, TlsMode};
+use crate::client::{ClientConfig, TlsSettings};
+use crate::defaults;
 
 /// The Agent's default `cmd_host`.
 pub const DEFAULT_CMD_HOST: &str = "localhost";
 /// The Agent's default `cmd_port`.
-pub const DEFAULT_CMD_PORT: u16 = 5001;
+pub const DEFAULT_CMD_PORT: u16 = defaults::PORT;
 /// The Agent's token file name, next to its configuration by default.
 pub const AUTH_TOKEN_FILE_NAME: &str = "auth_token";
 /// The Agent's certificate file name, next to its token file by default.
@@ -155,11 +156,11 @@ impl AgentEndpoint {
     /// A client of this Agent: its target and token, verifying the server
     /// against its `ipc_cert.pem`; the other settings are the defaults.
     pub fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new(self.target.clone(), self.auth_token_file.clone());
-        config.tls.mode = TlsMode::Verify {
-            ca_file: self.ipc_cert_file.clone(),
-        };
-        config
+        ClientConfig::new(
+            self.target.clone(),
+            self.auth_token_file.clone(),
+            TlsSettings::verify(self.ipc_cert_file.clone()),
+        )
     }
 }
 
@@ -351,6 +352,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::client::TlsMode;
 
     const CONFIG: &str = "/etc/datadog-agent/datadog.yaml";
 

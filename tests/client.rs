@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{TestServer, client_config, entity, within};
 use remote_tagger::client::{self, ClientStatus, RemoteTagger, TlsMode};
-use remote_tagger::core::ConnectionState;
+use remote_tagger::core::{ConnectError, ConnectionState, GrpcStatus, LossReason, StatusCode};
 use remote_tagger::domain::{Cardinality, EntityEvent, EntityId};
 use remote_tagger::server::Source;
 use remote_tagger::workload::{Workload, WorkloadConfig};
@@ -113,7 +113,18 @@ async fn a_wrong_token_is_refused_and_the_client_backs_off_instead_of_spinning()
     })
     .await;
     let status = tagger.status().borrow().clone();
-    let error = status.last_error.unwrap();
+    let reason = status.last_error.unwrap();
+    assert!(
+        matches!(
+            &reason,
+            LossReason::ConnectFailed(ConnectError::Refused(GrpcStatus {
+                code: StatusCode::Unauthenticated,
+                ..
+            }))
+        ),
+        "{reason:?}"
+    );
+    let error = reason.to_string();
     assert!(error.contains("Unauthenticated"), "{error}");
     assert!(
         !error.contains(&"f".repeat(64)),

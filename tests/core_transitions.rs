@@ -4,15 +4,41 @@
 use std::time::{Duration, Instant};
 
 use remote_tagger::core::{
-    BackoffConfig, ClientCore, Command, ConnectionId, ConnectionState, CoreConfig,
-    DEFAULT_RESET_AFTER, Event, Timer,
+    BackoffConfig, ClientCore, Command, ConnectError, ConnectionId, ConnectionState, CoreConfig,
+    Event, GrpcStatus, LossReason, ProtocolViolation, StatusCode, StreamEnd, Timer, TransportError,
+    TransportErrorKind,
 };
+use remote_tagger::defaults::BACKOFF_RESET_AFTER;
 use remote_tagger::domain::{Cardinality, Entity, EntityEvent, EntityId, KNOWN_PREFIXES};
 use remote_tagger::harness::scenario;
 use remote_tagger::mirror::{ChangeKind, MirrorWriter};
 use remote_tagger::proto::model::{self as pb, StreamTagsResponse};
 
 const EPOCH: &str = "epoch-a";
+
+/// An attempt the network refused.
+fn refused(detail: &str) -> ConnectError {
+    ConnectError::Transport(TransportError {
+        kind: TransportErrorKind::Unreachable,
+        detail: detail.to_owned(),
+    })
+}
+
+/// A stream whose connection broke.
+fn broken(detail: &str) -> StreamEnd {
+    StreamEnd::Transport(TransportError {
+        kind: TransportErrorKind::Other,
+        detail: detail.to_owned(),
+    })
+}
+
+/// A stream the server ended with an error.
+fn internal_error() -> StreamEnd {
+    StreamEnd::Status(GrpcStatus {
+        code: StatusCode::Internal,
+        message: "internal error".to_owned(),
+    })
+}
 
 struct Client {
     core: ClientCore,
@@ -66,7 +92,8 @@ impl Client {
 
     /// Fails the current attempt and waits out the backoff: the next attempt's id.
     fn reconnect(&mut self, id: ConnectionId) -> (Duration, ConnectionId) {
-        self.core.handle_stream_closed(self.now, id, "reset");
+        self.core
+            .handle_stream_closed(self.now, id, broken("reset"));
         let retry_in = lost_retry_in(&self.events());
         self.advance(retry_in);
         let commands = self.commands();
@@ -158,7 +185,7 @@ fn new_core_opens_at_once_with_an_explicit_request_and_a_watchdog() {
         (request.resume_revision, request.resume_epoch.as_str()),
         (0, "")
     );
-    let timeout = client.core.poll_timeout().unwrap();
+    let timeout = client.core.poll_timeout();
     assert_eq!(timeout.timer, Timer::ReceiveWatchdog);
     assert_eq!(timeout.at, client.now + Duration::from_secs(600));
     assert_eq!(client.core.connection_state(), ConnectionState::Connecting);
@@ -170,10 +197,10 @@ fn connect_failure_backs_off_then_retries_with_a_fresh_id() {
     let first = open_id(&commands[0]);
     client
         .core
-        .handle_connect_failed(client.now, first, "connection refused");
+        .handle_connect_failed(client.now, first, refused("connection refused"));
     let retry_in = lost_retry_in(&client.events());
     assert!((Duration::from_millis(250)..=Duration::from_millis(750)).contains(&retry_in));
-    let timeout = client.core.poll_timeout().unwrap();
+    let timeout = client.core.poll_timeout();
     assert_eq!(
         (timeout.timer, timeout.at),
         (Timer::Reconnect, client.now + retry_in)
@@ -197,11 +224,11 @@ fn headers_alone_neither_reset_backoff_nor_feed_the_watchdog() {
         Duration::from_millis(750),
         "one failure grew the interval"
     );
-    let watchdog = client.core.poll_timeout().unwrap().at;
+    let watchdog = client.core.poll_timeout().at;
     client.now += Duration::from_secs(5);
     client.core.handle_connected(client.now, second);
     assert_eq!(client.core.backoff_interval(), interval);
-    assert_eq!(client.core.poll_timeout().unwrap().at, watchdog);
+    assert_eq!(client.core.poll_timeout().at, watchdog);
     assert_eq!(client.core.connection_state(), ConnectionState::Syncing);
 }
 
@@ -212,7 +239,7 @@ fn keep_alive_refreshes_the_watchdog_and_changes_nothing_else() {
     let events = client.respond(id, plain(vec![]));
     assert!(events.is_empty());
     assert_eq!(
-        client.core.poll_timeout().unwrap().at,
+        client.core.poll_timeout().at,
         client.now + Duration::from_secs(600)
     );
     assert_eq!(client.core.telemetry().receives, 1);
@@ -237,7 +264,7 @@ fn receive_watchdog_fires_only_after_full_silence() {
     assert_eq!(client.commands(), vec![Command::CloseStream { id }]);
     let events = client.events();
     assert!(
-        matches!(&events[..], [Event::ConnectionLost { reason, .. }] if reason.contains("receive timeout"))
+        matches!(&events[..], [Event::ConnectionLost { reason: reason @ LossReason::ReceiveTimeout { .. }, .. }] if reason.to_string().contains("receive timeout"))
     );
     assert_eq!(client.core.telemetry().stream_errors, 1);
 }
@@ -323,7 +350,9 @@ fn plain_server_first_batch_replaces_and_later_batches_merge() {
 fn mirror_survives_disconnects() {
     let (mut client, id) = Client::connected();
     client.respond(id, ours(vec![added("process://1", &["a"])], 1, true));
-    client.core.handle_stream_closed(client.now, id, "gone");
+    client
+        .core
+        .handle_stream_closed(client.now, id, broken("gone"));
     assert!(!client.core.is_synced());
     assert_eq!(client.mirror_ids(), ["process://1"]);
     assert_eq!(
@@ -335,7 +364,9 @@ fn mirror_survives_disconnects() {
 #[test]
 fn reconnect_asks_to_resume_and_applies_deltas_when_resumed() {
     let (mut client, id) = Client::synced_on_two_entities_at_revision_9();
-    client.core.handle_stream_closed(client.now, id, "reset");
+    client
+        .core
+        .handle_stream_closed(client.now, id, broken("reset"));
     let retry_in = lost_retry_in(&client.events());
     client.advance(retry_in);
     let commands = client.commands();
@@ -387,7 +418,7 @@ fn backoff_resets_only_once_a_stream_stayed_up_its_reset_period_after_a_good_mes
     assert_eq!(client.core.backoff_interval(), Duration::from_millis(1125));
     client.respond(id, plain(vec![]));
     assert_eq!(
-        client.core.poll_timeout().unwrap().timer,
+        client.core.poll_timeout().timer,
         Timer::ReceiveWatchdog,
         "a keep-alive is no proof"
     );
@@ -397,22 +428,22 @@ fn backoff_resets_only_once_a_stream_stayed_up_its_reset_period_after_a_good_mes
         Duration::from_millis(1125),
         "a good message alone is no proof that the server stays up"
     );
-    let reset = client.core.poll_timeout().unwrap();
+    let reset = client.core.poll_timeout();
     assert_eq!(
         (reset.timer, reset.at),
-        (Timer::BackoffReset, client.now + DEFAULT_RESET_AFTER)
+        (Timer::BackoffReset, client.now + BACKOFF_RESET_AFTER)
     );
     // More good messages do not move the deadline.
     client.now += Duration::from_secs(10);
     client.respond(id, plain(vec![added("process://2", &["b"])]));
-    assert_eq!(client.core.poll_timeout(), Some(reset));
+    assert_eq!(client.core.poll_timeout(), reset);
     client.advance(reset.at - client.now - Duration::from_millis(1));
     assert_eq!(client.core.backoff_interval(), Duration::from_millis(1125));
     client.advance(Duration::from_millis(1));
     assert_eq!(client.core.backoff_interval(), Duration::from_millis(500));
     assert!(client.commands().is_empty() && client.events().is_empty());
     assert_eq!(
-        client.core.poll_timeout().unwrap().timer,
+        client.core.poll_timeout().timer,
         Timer::ReceiveWatchdog,
         "the reset fires once per stream"
     );
@@ -428,7 +459,7 @@ fn a_stream_lost_within_its_reset_period_keeps_climbing_the_backoff() {
     let (mut client, id) = Client::connected();
     let (_, id) = client.reconnect(id);
     client.respond(id, ours(vec![added("process://1", &["a"])], 1, true));
-    client.now += DEFAULT_RESET_AFTER - Duration::from_millis(1);
+    client.now += BACKOFF_RESET_AFTER - Duration::from_millis(1);
     let (retry_in, _) = client.reconnect(id);
     let (low, high) = BackoffConfig::default().jitter_bounds(Duration::from_millis(750));
     assert!(
@@ -445,7 +476,7 @@ fn a_stream_lost_at_its_reset_deadline_resets_first() {
     let (mut client, id) = Client::connected();
     let (_, id) = client.reconnect(id);
     client.respond(id, ours(vec![added("process://1", &["a"])], 1, true));
-    client.now += DEFAULT_RESET_AFTER;
+    client.now += BACKOFF_RESET_AFTER;
     let (retry_in, _) = client.reconnect(id);
     assert!(
         retry_in <= Duration::from_millis(750),
@@ -465,10 +496,7 @@ fn a_zero_reset_period_resets_on_the_good_message() {
     assert_eq!(client.core.backoff_interval(), Duration::from_millis(750));
     client.respond(id, plain(vec![added("process://1", &["a"])]));
     assert_eq!(client.core.backoff_interval(), Duration::from_millis(500));
-    assert_eq!(
-        client.core.poll_timeout().unwrap().timer,
-        Timer::ReceiveWatchdog
-    );
+    assert_eq!(client.core.poll_timeout().timer, Timer::ReceiveWatchdog);
 }
 
 #[test]
@@ -481,7 +509,9 @@ fn backoff_grows_to_its_cap_and_never_gives_up() {
     let (mut client, commands) = Client::new(config);
     let mut id = open_id(&commands[0]);
     for _ in 0..30 {
-        client.core.handle_connect_failed(client.now, id, "refused");
+        client
+            .core
+            .handle_connect_failed(client.now, id, refused("refused"));
         let retry_in = lost_retry_in(&client.events());
         assert!(retry_in <= Duration::from_secs(15));
         client.advance(retry_in);
@@ -500,10 +530,12 @@ fn stale_ids_change_nothing() {
         first,
         ours(vec![added("process://1", &["a"])], 1, true),
     );
-    client.core.handle_stream_closed(client.now, first, "late");
     client
         .core
-        .handle_connect_failed(client.now, ConnectionId(99), "future");
+        .handle_stream_closed(client.now, first, broken("late"));
+    client
+        .core
+        .handle_connect_failed(client.now, ConnectionId(99), refused("future"));
     assert!(client.commands().is_empty() && client.events().is_empty());
     assert!(client.core.mirror().is_empty());
     assert_eq!(client.core.poll_timeout(), timeout);
@@ -616,7 +648,7 @@ fn epoch_change_mid_snapshot_drops_the_stream() {
     let events = client.respond(id, other);
     assert_eq!(client.commands(), vec![Command::CloseStream { id }]);
     assert!(
-        matches!(&events[..], [Event::ConnectionLost { reason, .. }] if reason.contains("protocol violation"))
+        matches!(&events[..], [Event::ConnectionLost { reason: reason @ LossReason::ProtocolViolation(ProtocolViolation::EpochChangedMidSnapshot { .. }), .. }] if reason.to_string().contains("protocol violation"))
     );
     assert!(
         client.core.mirror().is_empty(),
@@ -682,7 +714,7 @@ fn a_server_that_fails_right_after_each_snapshot_climbs_the_backoff_ladder() {
         );
         client
             .core
-            .handle_stream_closed(client.now, id, "internal error");
+            .handle_stream_closed(client.now, id, internal_error());
         let retry_in = lost_retry_in(&client.events());
         let (low, high) = ladder.jitter_bounds(interval);
         assert!(

@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::{TestServer, entity, within};
-use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode, TlsSettings};
+use remote_tagger::client::{ClientConfig, RemoteTagger, TlsSettings};
 use remote_tagger::domain::{Cardinality, EntityEvent};
 use remote_tagger::metrics::{self, MetricsEndpoint};
 
@@ -88,15 +88,10 @@ async fn server_and_client_metrics_are_exposed_and_move_with_activity() {
     let mut config = ClientConfig::new(
         server.addr.to_string(),
         server.dir.path().join("auth_token"),
+        TlsSettings::verify(server.cert_path()),
     );
-    config.tls = TlsSettings {
-        mode: TlsMode::Verify {
-            ca_file: server.cert_path(),
-        },
-        ..TlsSettings::default()
-    };
     // And a prefix outside the table, which it is sent only by name.
-    config.prefixes = [
+    config.core.prefixes = [
         "container_id",
         "kubernetes_pod_uid",
         "kubernetes_future_thing",

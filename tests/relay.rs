@@ -69,8 +69,8 @@ async fn clients_of_a_relay_converge_through_live_changes_and_an_origin_restart(
         TestServer::start(move |config| config.source = Source::Upstream(Box::new(upstream))).await;
     let full = RemoteTagger::start(client_config(&relay, &relay.addr.to_string())).unwrap();
     let mut narrow_config = client_config(&relay, &relay.addr.to_string());
-    narrow_config.cardinality = Cardinality::Low;
-    narrow_config.prefixes = vec!["process".to_owned()];
+    narrow_config.core.cardinality = Cardinality::Low;
+    narrow_config.core.prefixes = vec!["process".to_owned()];
     let narrow = RemoteTagger::start(narrow_config).unwrap();
 
     converges(

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{MIB, entity, fill_with_bulk, within};
-use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode};
-use remote_tagger::core::{ConnectionState, Event};
+use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode, TlsSettings};
+use remote_tagger::core::{ConnectionState, Event, GrpcStatus, LossReason, StatusCode, StreamEnd};
 use remote_tagger::domain::EntityEvent;
 use remote_tagger::proto::api::agent_secure_client::AgentSecureClient;
 use remote_tagger::proto::model as pb;
@@ -221,14 +221,14 @@ fn write_token(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn our_client(target: SocketAddr, token_file: &std::path::Path) -> ClientConfig {
-    let mut config = ClientConfig::new(target.to_string(), token_file);
-    config.tls.mode = TlsMode::InsecurePlaintext;
-    config.seed = Some(7);
+    let tls = TlsSettings::new(TlsMode::InsecurePlaintext);
+    let mut config = ClientConfig::new(target.to_string(), token_file, tls);
+    config.core.seed = 7;
     config
 }
 
 /// The next `ConnectionLost`, skipping other events.
-async fn next_loss(events: &mut broadcast::Receiver<Event>) -> (String, Duration) {
+async fn next_loss(events: &mut broadcast::Receiver<Event>) -> (LossReason, Duration) {
     within("a connection loss", async {
         loop {
             if let Event::ConnectionLost {
@@ -240,6 +240,18 @@ async fn next_loss(events: &mut broadcast::Receiver<Event>) -> (String, Duration
         }
     })
     .await
+}
+
+/// The stream ended with a status the server sent (not a broken
+/// connection), of this code.
+fn assert_closed_with(reason: &LossReason, expected: StatusCode) {
+    assert!(
+        matches!(
+            reason,
+            LossReason::StreamClosed(StreamEnd::Status(GrpcStatus { code, .. })) if *code == expected
+        ),
+        "{reason:?}"
+    );
 }
 
 /// The first delay is drawn around the 500 ms initial interval, ±50%: a
@@ -280,9 +292,10 @@ async fn our_client_backs_off_after_an_eviction_then_resumes() {
 
     let (reason, retry_in) = next_loss(&mut events).await;
     assert_eq!(
-        reason,
+        reason.to_string(),
         "stream closed: ResourceExhausted: the subscriber fell behind: more than 2 change batches were waiting for it; reconnect to resync"
     );
+    assert_closed_with(&reason, StatusCode::ResourceExhausted);
     assert_backs_off(retry_in);
     let mut status = tagger.status();
     within(
@@ -323,9 +336,10 @@ async fn our_client_backs_off_after_a_shutdown_then_resyncs_with_the_next_server
     server.stop().await;
     let (reason, retry_in) = next_loss(&mut events).await;
     assert_eq!(
-        reason,
+        reason.to_string(),
         "stream closed: Unavailable: the tagger server is shutting down; reconnect later"
     );
+    assert_closed_with(&reason, StatusCode::Unavailable);
     assert_backs_off(retry_in);
 
     let next = PlainServer::start_on(addr, 2, ServiceConfig::default()).await;

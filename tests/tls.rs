@@ -14,7 +14,7 @@ use common::agent_tls::{
     AgentCert, AgentLikeServer, CaSignedLeaf, openssl_agent_ipc_cert, openssl_rsa_pkcs1, token,
 };
 use common::{PATIENCE, TestServer, entity, within};
-use remote_tagger::client::{self, ClientCertificate, ClientConfig, RemoteTagger, TlsMode};
+use remote_tagger::client::{self, ClientCertificate, ClientConfig, RemoteTagger, TlsSettings};
 use remote_tagger::domain::{Cardinality, EntityEvent, EntityId};
 use remote_tagger::proto::api::agent_secure_client::AgentSecureClient;
 use remote_tagger::proto::model as pb;
@@ -34,12 +34,9 @@ fn client_config(
     ca_file: &Path,
     client_certificate: ClientCertificate,
 ) -> ClientConfig {
-    let mut config = ClientConfig::new(addr.to_string(), token_file);
-    config.tls.mode = TlsMode::Verify {
-        ca_file: ca_file.to_owned(),
-    };
+    let mut config = ClientConfig::new(addr.to_string(), token_file, TlsSettings::verify(ca_file));
     config.tls.client_certificate = client_certificate;
-    config.seed = Some(16);
+    config.core.seed = 16;
     config
 }
 

@@ -23,8 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use remote_tagger::client::{ClientConfig, ClientStatus, RemoteTagger, TlsMode};
-use remote_tagger::core::{BackoffConfig, CoreConfig, DEFAULT_RESET_AFTER, Event};
+use remote_tagger::client::{ClientConfig, ClientStatus, RemoteTagger, TlsMode, TlsSettings};
+use remote_tagger::core::{BackoffConfig, CoreConfig, Event, LossReason};
+use remote_tagger::defaults;
 use remote_tagger::domain::{Cardinality, EntityEvent};
 use remote_tagger::mirror::MirrorReader;
 use remote_tagger::server::{
@@ -62,7 +63,7 @@ const CLIENTS: [(Cardinality, &[&str]); 3] = [
 
 /// Scaled-down timings shared by every client and scenario. The 5 s PING
 /// interval is far below what gRPC servers allow by default (5 min, see
-/// [`remote_tagger::client::GRPC_SERVER_MIN_PING_INTERVAL`]); our server
+/// [`defaults::GRPC_SERVER_MIN_PING_INTERVAL`]); our server
 /// enforces no ping policy, so the simulations may ping this often, and set
 /// it explicitly for that reason. (The `ping_policy` tests check the
 /// defaults against a server that enforces grpc-go's policy.)
@@ -78,11 +79,11 @@ struct Timings {
 
 const TIMINGS: Timings = Timings {
     backoff: BackoffConfig {
-        initial_interval: Duration::from_millis(500),
+        initial_interval: defaults::BACKOFF_INITIAL_INTERVAL,
         max_interval: Duration::from_secs(10),
-        multiplier: 1.5,
-        randomization: 0.5,
-        reset_after: DEFAULT_RESET_AFTER,
+        multiplier: defaults::BACKOFF_MULTIPLIER,
+        randomization: defaults::BACKOFF_RANDOMIZATION,
+        reset_after: defaults::BACKOFF_RESET_AFTER,
     },
     connect_timeout: Duration::from_secs(2),
     keepalive_interval: Duration::from_secs(5),
@@ -298,7 +299,7 @@ impl<'a> Run<'a> {
                 let config = client_config(index, cardinality, prefixes, &paths.client, seed);
                 let view = View {
                     cardinality,
-                    prefixes: requested_prefixes(&config),
+                    prefixes: config.core.requested_prefixes(),
                 };
                 sim.client(
                     client_name(index),
@@ -601,25 +602,21 @@ fn client_config(
     seed: u64,
 ) -> ClientConfig {
     let t = &TIMINGS;
-    let mut config = ClientConfig::new(format!("{SERVER}:{PORT}"), token_file);
     // The server serves plaintext in simulation: no certificate to verify.
-    config.tls.mode = TlsMode::InsecurePlaintext;
-    config.cardinality = cardinality;
-    config.prefixes = prefixes.iter().map(|p| (*p).to_owned()).collect();
+    let tls = TlsSettings::new(TlsMode::InsecurePlaintext);
+    let mut config = ClientConfig::new(format!("{SERVER}:{PORT}"), token_file, tls);
+    config.core = CoreConfig {
+        cardinality,
+        prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+        streaming_id: format!("sim:{}", client_name(index)),
+        receive_timeout: t.receive_timeout,
+        backoff: t.backoff.clone(),
+        seed: seed ^ (index as u64 + 1).wrapping_mul(0x5851_f42d_4c95_7f2d),
+    };
     config.connect_timeout = t.connect_timeout;
     config.http2_keepalive_interval = t.keepalive_interval;
     config.http2_keepalive_timeout = t.keepalive_timeout;
-    config.receive_timeout = t.receive_timeout;
-    config.backoff = t.backoff.clone();
-    config.seed = Some(seed ^ (index as u64 + 1).wrapping_mul(0x5851_f42d_4c95_7f2d));
-    config.streaming_id = Some(format!("sim:{}", client_name(index)));
     config
-}
-
-fn requested_prefixes(config: &ClientConfig) -> Vec<String> {
-    let mut core = CoreConfig::new("", 0);
-    core.prefixes = config.prefixes.clone();
-    core.requested_prefixes()
 }
 
 /// The server host: a fresh store instance (new epoch) built from the
@@ -665,8 +662,8 @@ async fn client_software(
         connections: shared.connections[index].clone(),
     };
     // Events reach this task in the tick the driver handled them, or the next.
-    let mut backoff = BackoffCheck::new(config.backoff.clone(), TICK);
-    let receive_timeout = config.receive_timeout;
+    let mut backoff = BackoffCheck::new(config.core.backoff.clone(), TICK);
+    let receive_timeout = config.core.receive_timeout;
     let tagger = RemoteTagger::start_with_dialer(config, Arc::new(dialer))?;
     let mut events = tagger.subscribe();
     let mut status = tagger.status();
@@ -709,7 +706,8 @@ async fn client_software(
                             shared.violation(format!("{who}: {what}"));
                         }
                         let silent = now - last_activity;
-                        if reason.starts_with("receive timeout") && silent + TICK < receive_timeout {
+                        let timed_out = matches!(reason, LossReason::ReceiveTimeout { .. });
+                        if timed_out && silent + TICK < receive_timeout {
                             shared.violation(format!(
                                 "{who}: receive timeout after only {silent:?} of silence"
                             ));
@@ -717,6 +715,7 @@ async fn client_software(
                         last_activity = now + *retry_in;
                     }
                     Event::Synced { .. } | Event::EntitiesChanged(_) => backoff.good(now),
+                    _ => {}
                 }
                 shared.record(index, format!("{who} {}", describe(&event)));
             }
@@ -753,6 +752,7 @@ fn describe(event: &Event) -> String {
             reason,
             retry_in,
         } => format!("lost {id} retry_in={retry_in:?}: {reason}"),
+        other => format!("{other:?}"),
     }
 }
 

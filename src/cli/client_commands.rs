@@ -156,7 +156,7 @@ async fn wait_synced_with_progress(
                     eprintln!();
                 }
                 let status = status.borrow();
-                let why = status.last_error.clone().unwrap_or_else(|| format!("{:?}", status.state));
+                let why = status.last_error.as_ref().map_or_else(|| format!("{:?}", status.state), ToString::to_string);
                 return Err(format!(
                     "not synced with {target} after {}s (last: {why}); check --target, --auth-token-file and --ca-file",
                     wait.as_secs()
@@ -176,7 +176,12 @@ fn progress_line(target: &str, status: &ClientStatus) -> String {
         ConnectionState::Synced => format!("synced: {} entities", status.mirrored_entities),
         ConnectionState::BackingOff => format!(
             "retrying {target} ({})",
-            escape(status.last_error.as_deref().unwrap_or("not connected"))
+            escape(
+                &status
+                    .last_error
+                    .as_ref()
+                    .map_or_else(|| "not connected".to_owned(), ToString::to_string)
+            )
         ),
     }
 }
@@ -211,7 +216,7 @@ pub async fn watch(args: WatchArgs) -> CliResult {
             } => {
                 eprintln!(
                     "connection lost: {}; retrying in {retry_in:.1?}",
-                    escape(&reason)
+                    escape(&reason.to_string())
                 );
             }
             Event::EntitiesChanged(changes) => {
@@ -239,6 +244,8 @@ pub async fn watch(args: WatchArgs) -> CliResult {
                     }
                 }
             }
+            // Events of a later version of the library: nothing to show.
+            _ => {}
         }
     }
     tagger.stop().await;

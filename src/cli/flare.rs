@@ -61,7 +61,7 @@ pub async fn flare(args: FlareArgs, logging: &LoggingSettings) -> CliResult {
                 "state": format!("{:?}", status.state),
                 "mirrored_entities": status.mirrored_entities,
                 "extension_aware": status.extension_aware,
-                "last_error": status.last_error,
+                "last_error": status.last_error.as_ref().map(ToString::to_string),
             })),
         ),
         FlareFile::new("metrics.txt", scrape),

@@ -319,7 +319,7 @@ impl UpstreamArgs {
         let mut config = connect
             .client_config(None)
             .map_err(|e| format!("upstream: {e}"))?;
-        config.prefixes = self.extra_prefixes.clone();
+        config.core.prefixes = self.extra_prefixes.clone();
         Ok(Some(config))
     }
 }
@@ -621,7 +621,6 @@ impl ConnectArgs {
                 endpoint.ipc_cert_file.display()
             ));
         }
-        let mut config = ClientConfig::new(endpoint.target, endpoint.auth_token_file);
         let mode = if self.insecure_plaintext {
             eprintln!(
                 "remote-tagger: WARNING: --insecure-plaintext: no TLS, the token travels in clear text"
@@ -642,14 +641,15 @@ impl ConnectArgs {
             (Some(path), false) => ClientCertificate::File(path.clone()),
             (None, false) => ClientCertificate::FromTrustFile,
         };
-        config.tls = TlsSettings {
+        let tls = TlsSettings {
             mode,
             server_name: self.server_name.clone(),
             client_certificate,
         };
+        let mut config = ClientConfig::new(endpoint.target, endpoint.auth_token_file, tls);
         if let Some(subscription) = subscription {
-            config.cardinality = subscription.cardinality;
-            config.prefixes = subscription.prefixes.clone();
+            config.core.cardinality = subscription.cardinality;
+            config.core.prefixes = subscription.prefixes.clone();
         }
         Ok(config)
     }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode, TlsSettings};
+use remote_tagger::client::{ClientConfig, RemoteTagger, TlsSettings};
 use remote_tagger::core::Event;
 use remote_tagger::domain::Cardinality;
 use remote_tagger::metrics::{self, MetricsEndpoint};
@@ -220,13 +220,11 @@ async fn start_demo(args: &DemoArgs, scratch: &ScratchDir) -> Result<Demo, Strin
     let address = server.local_addr();
     println!("demo: server listening on {address} with TLS (self-signed P-256) and a bearer token");
 
-    let mut client_config = ClientConfig::new(address.to_string(), &token_file);
-    client_config.tls = TlsSettings {
-        mode: TlsMode::Verify {
-            ca_file: cert_file.clone(),
-        },
-        ..TlsSettings::default()
-    };
+    let client_config = ClientConfig::new(
+        address.to_string(),
+        &token_file,
+        TlsSettings::verify(cert_file.clone()),
+    );
     let started = Instant::now();
     let tagger = RemoteTagger::start(client_config).map_err(|e| e.to_string())?;
     let mut events = tagger.subscribe();
@@ -322,9 +320,9 @@ async fn show_live_changes(
                     }
                 }
                 Ok(Event::ConnectionLost { reason, .. }) => {
-                    println!("demo: connection lost: {}", escape(&reason));
+                    println!("demo: connection lost: {}", escape(&reason.to_string()));
                 }
-                Ok(Event::Synced { .. }) | Err(_) => {}
+                _ => {}
             }
         }
     }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use rustls_pki_types::ServerName;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tonic::Streaming;
@@ -11,7 +12,9 @@ use tonic::transport::Channel;
 
 use super::transport::{self, BoxFuture, Dialer};
 use super::{ClientConfig, ClientStatus};
-use crate::core::{ClientCore, Command, ConnectionId, ConnectionState, CoreConfig, Event};
+use crate::core::{
+    ClientCore, Command, ConnectError, ConnectionId, ConnectionState, Event, StreamEnd,
+};
 use crate::mirror::{MirrorReader, MirrorWriter};
 use crate::proto::encoded::EncodedStreamTagsResponse;
 use crate::proto::encoded::agent_secure_client::AgentSecureClient;
@@ -30,55 +33,42 @@ struct OpenStream {
     _client: AgentSecureClient<Channel>,
 }
 
-type PendingOpen = BoxFuture<Result<OpenStream, String>>;
+type PendingOpen = BoxFuture<Result<OpenStream, ConnectError>>;
 
 pub(super) struct Driver {
     core: ClientCore,
-    /// The driver's own reader, for status (readers are per thread).
-    mirror: MirrorReader,
     config: ClientConfig,
+    /// The configured TLS server name, checked at start.
+    server_name: ServerName<'static>,
     dialer: Arc<dyn Dialer>,
     events: broadcast::Sender<Event>,
     status: watch::Sender<ClientStatus>,
     shutdown: watch::Receiver<bool>,
-    observed: Observed,
-}
-
-/// What the driver saw that the core does not keep: the status reports it.
-#[derive(Debug, Default)]
-struct Observed {
-    last_error: Option<String>,
-    /// The delay announced by the last `ConnectionLost`.
-    retry_in: Option<std::time::Duration>,
-    last_message_at: Option<Instant>,
 }
 
 impl Driver {
     pub(super) fn new(
         config: ClientConfig,
-        core_config: CoreConfig,
+        server_name: ServerName<'static>,
         dialer: Arc<dyn Dialer>,
         events: broadcast::Sender<Event>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let core = ClientCore::new(now(), core_config, MirrorWriter::new());
-        let mirror = core.mirror();
-        let observed = Observed::default();
-        let (status, _) = watch::channel(status_of(&core, &mirror, &observed));
+        let core = ClientCore::new(now(), config.core.clone(), MirrorWriter::new());
+        let (status, _) = watch::channel(core.status());
         Self {
             core,
-            mirror,
             config,
+            server_name,
             dialer,
             events,
             status,
             shutdown,
-            observed,
         }
     }
 
     pub(super) fn mirror(&self) -> MirrorReader {
-        self.mirror.clone()
+        self.core.mirror()
     }
 
     pub(super) fn status(&self) -> watch::Receiver<ClientStatus> {
@@ -91,27 +81,21 @@ impl Driver {
         loop {
             self.execute_commands(&mut stream, &mut pending);
             self.publish_events();
-            let timeout = self
-                .core
-                .poll_timeout()
-                .expect("the core always has a timeout");
+            let timeout = self.core.poll_timeout();
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => break,
                 message = next_message(&mut stream) => {
                     let (id, message) = message;
                     match message {
-                        Ok(Some(response)) => {
-                            self.observed.last_message_at = Some(Instant::now());
-                            self.core.handle_response(now(), id, response);
-                        }
+                        Ok(Some(response)) => self.core.handle_response(now(), id, response),
                         Ok(None) => {
                             stream = None;
-                            self.core.handle_stream_closed(now(), id, "server ended the stream");
+                            self.core.handle_stream_closed(now(), id, StreamEnd::Finished);
                         }
                         Err(status) => {
                             stream = None;
-                            self.core.handle_stream_closed(now(), id, &transport::describe(&status));
+                            self.core.handle_stream_closed(now(), id, transport::stream_end(&status));
                         }
                     }
                 }
@@ -123,7 +107,7 @@ impl Driver {
                             stream = Some((id, opened));
                             self.core.handle_connected(now(), id);
                         }
-                        Err(reason) => self.core.handle_connect_failed(now(), id, &reason),
+                        Err(error) => self.core.handle_connect_failed(now(), id, error),
                     }
                 }
                 _ = tokio::time::sleep_until(Instant::from_std(timeout.at)) => {
@@ -161,14 +145,15 @@ impl Driver {
     /// One attempt: a fresh endpoint and connection, the token read afresh.
     fn open(&self, request: StreamTagsRequest) -> PendingOpen {
         let config = self.config.clone();
+        let server_name = self.server_name.clone();
         let dialer = self.dialer.clone();
         Box::pin(async move {
-            let (mut client, token) = transport::connect(&config, dialer).await?;
-            let request = transport::authorized(request, &token)?;
+            let (mut client, bearer) = transport::connect(&config, &server_name, dialer).await?;
+            let request = transport::authorized(request, &bearer);
             let response = client
                 .tagger_stream_entities(request)
                 .await
-                .map_err(|status| transport::describe(&status))?;
+                .map_err(|status| transport::open_error(&status))?;
             Ok(OpenStream {
                 responses: response.into_inner(),
                 _client: client,
@@ -185,19 +170,16 @@ impl Driver {
                     retry_in,
                 } => {
                     tracing::warn!(%id, retry_in = ?retry_in, "tagger stream lost: {reason}");
-                    self.observed.last_error = Some(reason.clone());
-                    self.observed.retry_in = Some(*retry_in);
                 }
                 Event::Synced { resumed, entities } => {
                     tracing::info!(resumed, entities, "tagger mirror synced");
-                    self.observed.last_error = None;
                 }
                 Event::EntitiesChanged(_) => {}
             }
             // No subscriber is fine: the mirror is the source of truth.
             let _ = self.events.send(event);
         }
-        let status = status_of(&self.core, &self.mirror, &self.observed);
+        let status = self.core.status();
         self.status.send_if_modified(|current| {
             let notify = worth_waking_for(current, &status);
             *current = status;
@@ -226,23 +208,6 @@ fn worth_waking_for(old: &ClientStatus, new: &ClientStatus) -> bool {
     without_progress != *old
 }
 
-fn status_of(core: &ClientCore, mirror: &MirrorReader, observed: &Observed) -> ClientStatus {
-    let state = core.connection_state();
-    ClientStatus {
-        state,
-        telemetry: core.telemetry().clone(),
-        staged_entities: core.staged_entities(),
-        mirrored_entities: mirror.len(),
-        extension_aware: core.resume_point().is_some(),
-        backoff_interval: core.backoff_interval(),
-        retry_delay: observed
-            .retry_in
-            .filter(|_| state == ConnectionState::BackingOff),
-        last_message_at: observed.last_message_at,
-        last_error: observed.last_error.clone(),
-    }
-}
-
 /// The driver's clock: tokio's, so turmoil can simulate it.
 fn now() -> std::time::Instant {
     Instant::now().into_std()
@@ -264,7 +229,7 @@ async fn next_message(
 /// The outcome of the pending open; pends forever when there is none.
 async fn open_outcome(
     pending: &mut Option<(ConnectionId, PendingOpen)>,
-) -> (ConnectionId, Result<OpenStream, String>) {
+) -> (ConnectionId, Result<OpenStream, ConnectError>) {
     match pending {
         Some((id, open)) => (*id, open.await),
         None => std::future::pending().await,
@@ -276,6 +241,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::core::LossReason;
 
     fn status(state: ConnectionState) -> ClientStatus {
         ClientStatus {
@@ -297,7 +263,7 @@ mod tests {
         let mut progress = before.clone();
         progress.staged_entities = 115;
         progress.telemetry.receives = 1;
-        progress.last_message_at = Some(Instant::now());
+        progress.last_message_at = Some(now());
         assert!(!worth_waking_for(&before, &progress));
         assert!(!worth_waking_for(&before, &before.clone()));
 
@@ -305,7 +271,7 @@ mod tests {
         synced.state = ConnectionState::Synced;
         assert!(worth_waking_for(&progress, &synced));
         let mut failed = progress.clone();
-        failed.last_error = Some("broken".into());
+        failed.last_error = Some(LossReason::StreamClosed(StreamEnd::Finished));
         assert!(worth_waking_for(&progress, &failed));
         let mut merged = progress.clone();
         merged.mirrored_entities = 1;

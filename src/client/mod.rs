@@ -4,11 +4,14 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), remote_tagger::client::ClientError> {
-//! use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode};
+//! use remote_tagger::client::{ClientConfig, RemoteTagger, TlsSettings};
 //! use remote_tagger::domain::Cardinality;
 //!
-//! let mut config = ClientConfig::new("127.0.0.1:5001", "/etc/datadog-agent/auth_token");
-//! config.tls.mode = TlsMode::Verify { ca_file: "/etc/datadog-agent/ipc_cert.pem".into() };
+//! let config = ClientConfig::new(
+//!     "127.0.0.1:5001",
+//!     "/etc/datadog-agent/auth_token",
+//!     TlsSettings::verify("/etc/datadog-agent/ipc_cert.pem"),
+//! );
 //! let tagger = RemoteTagger::start(config)?;
 //! tagger.wait_synced().await;
 //! let mirror = tagger.mirror();
@@ -25,66 +28,51 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::ServerName;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+/// What the client is doing, refreshed after every input the core handles
+/// (the core's own status: the driver adds nothing to it). Its
+/// `last_message_at` is on tokio's clock in the core's `std` form:
+/// `tokio::time::Instant::from_std` turns it back.
+pub use crate::core::ClientStatus;
+pub use crate::core::{TlsFileError, TlsFileProblem};
 pub use transport::{BoxFuture, ClientCertificate, Dialer, Io, TcpDialer, TlsMode, TlsSettings};
 
-use crate::core::{BackoffConfig, ClientTelemetry, ConnectionState, CoreConfig, Event};
+use crate::core::{ConnectError, ConnectionState, CoreConfig, Event, GrpcStatus, StatusCode};
+use crate::defaults;
 use crate::domain::{Cardinality, EntityId};
 use crate::mirror::MirrorReader;
 use crate::origin::OriginInfo;
 use crate::proto::model::FetchEntityRequest;
 
-/// Default largest message the client accepts (the Datadog default).
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
-
-/// The least time gRPC servers let pass between two PINGs of a client by
-/// default: grpc-go's `keepalive.EnforcementPolicy.MinTime` (the Agent is
-/// a grpc-go server), C-core's `grpc.http2.min_ping_interval_without_data_ms`.
-/// A server that gets PINGs closer together, with no data or headers sent in
-/// between, counts strikes, and on the third answers GOAWAY
-/// `ENHANCE_YOUR_CALM` "too_many_pings" and closes the connection.
-pub const GRPC_SERVER_MIN_PING_INTERVAL: Duration = Duration::from_secs(5 * 60);
-
-/// The default HTTP/2 PING interval. hyper sends a PING once this long has
-/// passed without reading anything (a frame of the stream, or the last
-/// PING's ACK), so two PINGs are always this long plus a round trip apart,
-/// on the server's clock too: the second leaves after the first's ACK came
-/// back. 5 minutes would do against grpc-go's strict check; the 10 s more
-/// cover a server whose clock runs a little faster or whose check is not
-/// strict.
-pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: Duration =
-    GRPC_SERVER_MIN_PING_INTERVAL.saturating_add(Duration::from_secs(10));
-
-/// How long a PING may go unanswered before the connection is dropped.
-pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Everything the client needs to mirror one server.
+/// Everything the client needs to mirror one server: the core's
+/// configuration (what to mirror, the watchdog, the backoff, the seed and
+/// streaming id), and how the driver reaches the server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
+    /// What the core runs with: cardinality, prefixes, receive timeout,
+    /// backoff, jitter seed and streaming id.
+    pub core: CoreConfig,
     /// `host:port` of the tagger server (a Datadog Agent listens on 5001).
     pub target: String,
     /// The file holding the bearer token; re-read for every new stream.
     pub auth_token_file: PathBuf,
     pub tls: TlsSettings,
-    pub cardinality: Cardinality,
-    /// Prefixes to mirror; empty means every known prefix (sent explicitly).
-    pub prefixes: Vec<String>,
     /// Limit on TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
     /// HTTP/2 PING interval (after this long without reading anything) and
     /// the time a PING may go unanswered. The defaults
-    /// ([`DEFAULT_HTTP2_KEEPALIVE_INTERVAL`]) keep to the ping policy every
+    /// ([`defaults::HTTP2_KEEPALIVE_INTERVAL`]) keep to the ping policy every
     /// gRPC server enforces by default (see
-    /// [`GRPC_SERVER_MIN_PING_INTERVAL`]); shorter intervals get the stream
-    /// cut with "too_many_pings" by a Datadog Agent, and the mirror resynced,
-    /// every few minutes. PINGs only shorten the time to notice a dead
-    /// connection: an idle stream's liveness comes from the server's
-    /// keep-alive messages (every 9 min from a Datadog Agent) and the
-    /// [`receive_timeout`](Self::receive_timeout) watchdog (10 min), as with
-    /// Datadog's own clients. Simulations set shorter intervals against
-    /// servers that allow them.
+    /// [`defaults::GRPC_SERVER_MIN_PING_INTERVAL`]); shorter intervals get
+    /// the stream cut with "too_many_pings" by a Datadog Agent, and the
+    /// mirror resynced, every few minutes. PINGs only shorten the time to
+    /// notice a dead connection: an idle stream's liveness comes from the
+    /// server's keep-alive messages (every 9 min from a Datadog Agent) and
+    /// the core's receive timeout (10 min), as with Datadog's own clients.
+    /// Simulations set shorter intervals against servers that allow them.
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
     /// Whether to PING a connection that has no stream open. Off by
@@ -92,69 +80,61 @@ pub struct ClientConfig {
     /// connection here only lacks a stream while it opens one.
     pub http2_keepalive_while_idle: bool,
     pub max_message_size: usize,
-    pub receive_timeout: Duration,
-    pub backoff: BackoffConfig,
-    /// Seed of the backoff jitter; random when `None`.
-    pub seed: Option<u64>,
-    /// `<flavor>:<uuid>`; a random `remote-tagger:<uuid>` when `None`.
-    pub streaming_id: Option<String>,
 }
 
 impl ClientConfig {
-    /// Spec defaults; TLS verifying against the default certificate file.
-    pub fn new(target: impl Into<String>, auth_token_file: impl Into<PathBuf>) -> Self {
+    /// Spec defaults (see [`CoreConfig::new`] and [`crate::defaults`]), a
+    /// random jitter seed and a random `remote-tagger:<uuid>` streaming id:
+    /// give each client its own config (clones share both).
+    pub fn new(
+        target: impl Into<String>,
+        auth_token_file: impl Into<PathBuf>,
+        tls: TlsSettings,
+    ) -> Self {
         Self {
+            core: CoreConfig::new(format!("remote-tagger:{}", random_uuid()), random_u64()),
             target: target.into(),
             auth_token_file: auth_token_file.into(),
-            tls: TlsSettings::default(),
-            cardinality: Cardinality::High,
-            prefixes: Vec::new(),
-            connect_timeout: Duration::from_secs(5),
-            http2_keepalive_interval: DEFAULT_HTTP2_KEEPALIVE_INTERVAL,
-            http2_keepalive_timeout: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT,
+            tls,
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            http2_keepalive_interval: defaults::HTTP2_KEEPALIVE_INTERVAL,
+            http2_keepalive_timeout: defaults::HTTP2_KEEPALIVE_TIMEOUT,
             http2_keepalive_while_idle: false,
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            receive_timeout: crate::core::DEFAULT_RECEIVE_TIMEOUT,
-            backoff: BackoffConfig::default(),
-            seed: None,
-            streaming_id: None,
+            max_message_size: defaults::MAX_MESSAGE_SIZE,
         }
     }
 }
 
 /// Why the client could not start.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    #[error("{0}")]
-    Tls(String),
-    #[error("invalid target {target:?}: {reason} (expected HOST:PORT, e.g. 127.0.0.1:5001)")]
-    Target { target: String, reason: String },
+    #[error(transparent)]
+    Tls(TlsFileError),
+    #[error("invalid target {target:?}: {problem} (expected HOST:PORT, e.g. 127.0.0.1:5001)")]
+    Target {
+        target: String,
+        problem: TargetProblem,
+    },
+    /// The TLS server name given, which is neither a DNS name nor an IP
+    /// address.
     #[error("invalid TLS server name {0:?}")]
     ServerName(String),
 }
 
-/// What the client is doing, refreshed after every input the core handles.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClientStatus {
-    pub state: ConnectionState,
-    pub telemetry: ClientTelemetry,
-    /// Entities received for a snapshot not yet complete (progress; updated
-    /// without waking status receivers, see [`RemoteTagger::status`]).
-    pub staged_entities: usize,
-    /// Entities in the mirror.
-    pub mirrored_entities: usize,
-    /// The server speaks this project's extensions (atomic snapshots, resume).
-    pub extension_aware: bool,
-    /// The interval the next backoff delay is drawn around.
-    pub backoff_interval: Duration,
-    /// While backing off: the delay drawn for this wait (the
-    /// `retry_in` of the last [`Event::ConnectionLost`]).
-    pub retry_delay: Option<Duration>,
-    /// When the last message (keep-alives included) arrived, on tokio's
-    /// clock; `None` before the first. Operators alert on its age.
-    pub last_message_at: Option<tokio::time::Instant>,
-    /// The last error, if the connection is not healthy.
-    pub last_error: Option<String>,
+/// What is wrong with a `host:port` target.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetProblem {
+    #[error("no port")]
+    NoPort,
+    #[error("no host")]
+    NoHost,
+    #[error("the port is not a number from 0 to 65535")]
+    BadPort,
+    /// It does not make a URI authority; `message` is the URI parser's.
+    #[error("{message}")]
+    NotAnAuthority { message: String },
 }
 
 /// A running remote tagger. Dropping it stops the driver too.
@@ -180,23 +160,10 @@ impl RemoteTagger {
         config: ClientConfig,
         dialer: Arc<dyn Dialer>,
     ) -> Result<Self, ClientError> {
-        validate(&config)?;
-        let seed = config.seed.unwrap_or_else(random_u64);
-        let streaming_id = config
-            .streaming_id
-            .clone()
-            .unwrap_or_else(|| format!("remote-tagger:{}", random_uuid()));
-        let core_config = CoreConfig {
-            cardinality: config.cardinality,
-            prefixes: config.prefixes.clone(),
-            streaming_id,
-            receive_timeout: config.receive_timeout,
-            backoff: config.backoff.clone(),
-            seed,
-        };
+        let server_name = validate(&config)?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let driver = driver::Driver::new(config, core_config, dialer, events.clone(), shutdown_rx);
+        let driver = driver::Driver::new(config, server_name, dialer, events.clone(), shutdown_rx);
         let mirror = driver.mirror();
         let status = driver.status();
         let task = tokio::spawn(driver.run());
@@ -229,8 +196,9 @@ impl RemoteTagger {
         self.events.subscribe()
     }
 
-    /// The latest status, and a receiver woken by every change except the
-    /// progress of a snapshot being received: while the state stays
+    /// The latest status (see [`ClientStatus`]), and a receiver woken by
+    /// every change except the progress of a snapshot being received: while
+    /// the state stays
     /// `Syncing`, `staged_entities`, `telemetry` and `last_message_at` are
     /// updated without waking anyone (read them when you want them).
     pub fn status(&self) -> watch::Receiver<ClientStatus> {
@@ -261,19 +229,17 @@ pub async fn fetch_entity(
     id: &EntityId,
     cardinality: Cardinality,
 ) -> Result<Vec<String>, FetchError> {
-    validate(config)?;
-    let (mut client, token) = transport::connect(config, Arc::new(TcpDialer))
-        .await
-        .map_err(FetchError::Connect)?;
+    let server_name = validate(config)?;
+    let (mut client, token) = transport::connect(config, &server_name, Arc::new(TcpDialer)).await?;
     let request = FetchEntityRequest {
         id: Some(id.to_proto()),
         cardinality: cardinality.to_proto() as i32,
     };
-    let request = transport::authorized(request, &token).map_err(FetchError::Connect)?;
+    let request = transport::authorized(request, &token);
     let response = client
         .tagger_fetch_entity(request)
         .await
-        .map_err(|status| FetchError::Server(transport::describe(&status)))?;
+        .map_err(request_error)?;
     Ok(response.into_inner().tags)
 }
 
@@ -285,54 +251,73 @@ pub async fn container_id_from_origin(
     config: &ClientConfig,
     origin: &OriginInfo,
 ) -> Result<Option<String>, FetchError> {
-    validate(config)?;
-    let (mut client, token) = transport::connect(config, Arc::new(TcpDialer))
-        .await
-        .map_err(FetchError::Connect)?;
-    let request = transport::authorized(origin.to_proto(), &token).map_err(FetchError::Connect)?;
+    let server_name = validate(config)?;
+    let (mut client, token) = transport::connect(config, &server_name, Arc::new(TcpDialer)).await?;
+    let request = transport::authorized(origin.to_proto(), &token);
     let response = client
         .tagger_generate_container_id_from_origin_info(request)
         .await
-        .map_err(|status| FetchError::Server(transport::describe(&status)))?;
+        .map_err(request_error)?;
     let container_id = response.into_inner().container_id;
     Ok((!container_id.is_empty()).then_some(container_id))
 }
 
+/// A one-off request's error status: the server's refusal, or a broken
+/// connection.
+fn request_error(status: tonic::Status) -> FetchError {
+    match transport::open_error(&status) {
+        ConnectError::Refused(GrpcStatus { code, message }) => FetchError::Server { code, message },
+        other => FetchError::Connect(other),
+    }
+}
+
 /// Why a one-off request failed.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
     #[error(transparent)]
     Config(#[from] ClientError),
-    #[error("{0}")]
-    Connect(String),
-    #[error("server answered {0}")]
-    Server(String),
+    /// No connection, or it broke before the answer (see
+    /// [`ConnectError`]).
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The server answered with an error status (`Unauthenticated`: the
+    /// token was refused).
+    #[error("server answered {code}: {message}")]
+    Server { code: StatusCode, message: String },
 }
 
-/// Checks what can be checked before connecting, for errors at start.
-fn validate(config: &ClientConfig) -> Result<(), ClientError> {
+/// Checks what can be checked before connecting, for errors at start, and
+/// gives the server name every attempt's TLS handshake checks.
+fn validate(config: &ClientConfig) -> Result<ServerName<'static>, ClientError> {
     validate_target(&config.target)?;
-    rustls_pki_types::ServerName::try_from(config.tls.server_name.clone())
+    let server_name = ServerName::try_from(config.tls.server_name.clone())
         .map_err(|_| ClientError::ServerName(config.tls.server_name.clone()))?;
     // Unreadable TLS files fail here; each attempt reads them again.
-    transport::rustls_config(&config.tls)?;
-    Ok(())
+    transport::rustls_config(&config.tls).map_err(ClientError::Tls)?;
+    Ok(server_name)
 }
 
 fn validate_target(target: &str) -> Result<(), ClientError> {
-    let invalid = |reason: &str| ClientError::Target {
+    let invalid = |problem| ClientError::Target {
         target: target.to_owned(),
-        reason: reason.to_owned(),
+        problem,
     };
-    let (host, port) = target.rsplit_once(':').ok_or_else(|| invalid("no port"))?;
+    let (host, port) = target
+        .rsplit_once(':')
+        .ok_or_else(|| invalid(TargetProblem::NoPort))?;
     if host.is_empty() {
-        return Err(invalid("no host"));
+        return Err(invalid(TargetProblem::NoHost));
     }
     port.parse::<u16>()
-        .map_err(|_| invalid("the port is not a number from 0 to 65535"))?;
+        .map_err(|_| invalid(TargetProblem::BadPort))?;
     format!("http://{target}")
         .parse::<tonic::codegen::http::Uri>()
-        .map_err(|e| invalid(&e.to_string()))?;
+        .map_err(|e| {
+            invalid(TargetProblem::NotAnAuthority {
+                message: e.to_string(),
+            })
+        })?;
     Ok(())
 }
 

@@ -15,10 +15,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{self, ClientConfig as RustlsConfig};
 
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-use super::{ClientConfig, ClientError};
+use super::ClientConfig;
+use crate::core::{
+    AuthTokenError, AuthTokenProblem, ConnectError, GrpcStatus, StatusCode, StreamEnd,
+    TlsFileError, TlsFileProblem, TransportError, TransportErrorKind,
+};
 use crate::error_text::error_chain;
 use crate::proto::encoded::agent_secure_client::AgentSecureClient;
 use crate::trust::{PemBlocks, TrustFile};
@@ -57,6 +61,7 @@ impl Dialer for TcpDialer {
 }
 
 /// How the client protects and authenticates the connection.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsMode {
     /// Verify the server against the certificates of this PEM file, as
@@ -76,6 +81,7 @@ pub enum TlsMode {
 /// The certificate the client presents to servers that ask for one. Every
 /// Datadog Agent's IPC server has required one since 2025: the pair of its
 /// `ipc_cert.pem`, which every Agent process presents.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ClientCertificate {
     /// The certificate and private key of the trust file ([`TlsMode::Verify`]'s
@@ -100,29 +106,42 @@ pub struct TlsSettings {
     pub client_certificate: ClientCertificate,
 }
 
-/// Verifies by default, against the certificate `serve` writes (see
-/// [`crate::defaults`]), and presents that file's pair; anything weaker must
-/// be asked for by name.
-impl Default for TlsSettings {
-    fn default() -> Self {
+impl TlsSettings {
+    /// `mode`, for a server whose certificate is valid for `localhost` (a
+    /// Datadog Agent's), presenting the trust file's pair if it holds one.
+    pub fn new(mode: TlsMode) -> Self {
         Self {
-            mode: TlsMode::Verify {
-                ca_file: crate::defaults::cert_file(),
-            },
+            mode,
             server_name: "localhost".to_owned(),
             client_certificate: ClientCertificate::default(),
         }
+    }
+
+    /// Verifies the server against the certificates of `ca_file` (see
+    /// [`TlsMode::Verify`]), and presents the file's pair if it holds one:
+    /// a Datadog Agent's `ipc_cert.pem`, or the file `serve` writes.
+    pub fn verify(ca_file: impl Into<PathBuf>) -> Self {
+        Self::new(TlsMode::Verify {
+            ca_file: ca_file.into(),
+        })
+    }
+
+    /// [`verify`](Self::verify) against the certificate `remote-tagger
+    /// serve` writes by default. Reads the environment
+    /// (`$REMOTE_TAGGER_HOME`, see [`crate::defaults::config_dir`]).
+    pub fn serve_defaults() -> Self {
+        Self::verify(crate::defaults::cert_file())
     }
 }
 
 /// Builds the rustls config for one connection (files are read each time, so
 /// rotated certificates are picked up on the next attempt). `None` means
 /// plaintext.
-pub(crate) fn rustls_config(tls: &TlsSettings) -> Result<Option<Arc<RustlsConfig>>, ClientError> {
+pub(crate) fn rustls_config(tls: &TlsSettings) -> Result<Option<Arc<RustlsConfig>>, TlsFileError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = RustlsConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Tls(format!("TLS setup failed: {e}")))?;
+        .expect("ring's provider supports rustls's default protocol versions");
     // `dangerous()` is only rustls's door to custom verifiers: the trust
     // file's verifier verifies (pinned or chained), only the explicit
     // `InsecureSkipVerify` accepts anything.
@@ -130,9 +149,14 @@ pub(crate) fn rustls_config(tls: &TlsSettings) -> Result<Option<Arc<RustlsConfig
         TlsMode::InsecurePlaintext => return Ok(None),
         TlsMode::Verify { ca_file } => {
             let blocks = read_pem(ca_file)?;
+            if blocks.certificates.is_empty() {
+                return Err(file_error(ca_file, TlsFileProblem::NoCertificate));
+            }
             let verifier = TrustFile::new(&blocks.certificates, provider)
                 .and_then(|trust| trust.server_verifier())
-                .map_err(|e| file_error(ca_file, &e))?;
+                .map_err(|message| {
+                    file_error(ca_file, TlsFileProblem::UnusableTrust { message })
+                })?;
             let pair = blocks
                 .key
                 .map(|key| (blocks.certificates, key, ca_file.as_path()));
@@ -156,11 +180,11 @@ pub(crate) fn rustls_config(tls: &TlsSettings) -> Result<Option<Arc<RustlsConfig
         ClientCertificate::File(path) => {
             let blocks = read_pem(path)?;
             if blocks.certificates.is_empty() {
-                return Err(file_error(path, "holds no PEM certificate"));
+                return Err(file_error(path, TlsFileProblem::NoCertificate));
             }
-            let key = blocks.key.ok_or_else(|| {
-                file_error(path, "holds no PEM private key after its certificate")
-            })?;
+            let key = blocks
+                .key
+                .ok_or_else(|| file_error(path, TlsFileProblem::NoPrivateKey))?;
             Some((blocks.certificates, key, path.as_path()))
         }
     };
@@ -169,7 +193,9 @@ pub(crate) fn rustls_config(tls: &TlsSettings) -> Result<Option<Arc<RustlsConfig
         Some((chain, key, path)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
             file_error(
                 path,
-                &format!("its certificate and key are not usable as a client certificate: {e}"),
+                TlsFileProblem::UnusableClientCertificate {
+                    message: e.to_string(),
+                },
             )
         })?,
     };
@@ -177,14 +203,31 @@ pub(crate) fn rustls_config(tls: &TlsSettings) -> Result<Option<Arc<RustlsConfig
     Ok(Some(Arc::new(config)))
 }
 
-fn file_error(path: &Path, what: &str) -> ClientError {
-    ClientError::Tls(format!("{}: {what}", path.display()))
+fn file_error(path: &Path, problem: TlsFileProblem) -> TlsFileError {
+    TlsFileError {
+        path: path.to_owned(),
+        problem,
+    }
 }
 
-fn read_pem(path: &Path) -> Result<PemBlocks, ClientError> {
-    let text = std::fs::read(path)
-        .map_err(|e| file_error(path, &format!("cannot read certificates: {e}")))?;
-    PemBlocks::parse(&text).map_err(|e| file_error(path, &format!("malformed PEM: {e}")))
+fn read_pem(path: &Path) -> Result<PemBlocks, TlsFileError> {
+    let text = std::fs::read(path).map_err(|e| {
+        file_error(
+            path,
+            TlsFileProblem::Unreadable {
+                kind: e.kind(),
+                message: e.to_string(),
+            },
+        )
+    })?;
+    PemBlocks::parse(&text).map_err(|e| {
+        file_error(
+            path,
+            TlsFileProblem::MalformedPem {
+                message: e.to_string(),
+            },
+        )
+    })
 }
 
 /// Reads the bearer token: trimmed, and never echoed in errors.
@@ -193,38 +236,58 @@ fn read_pem(path: &Path) -> Result<PemBlocks, ClientError> {
 /// disk, read once per stream, which costs less than `tokio::fs`'s hop to the
 /// blocking pool, and that hop completes on a real thread at a real-time
 /// moment, which made the turmoil simulations non-deterministic.
-pub(crate) fn read_token(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read auth token file {}: {e}", path.display()))?;
+pub(crate) fn read_token(path: &Path) -> Result<String, AuthTokenError> {
+    let error = |problem| AuthTokenError {
+        path: path.to_owned(),
+        problem,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        error(AuthTokenProblem::Unreadable {
+            kind: e.kind(),
+            message: e.to_string(),
+        })
+    })?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(format!("auth token file {} is empty", path.display()));
+        return Err(error(AuthTokenProblem::Empty));
     }
     Ok(token.to_owned())
 }
 
+/// The `authorization` header of the token in `path`, read afresh.
+fn bearer(path: &Path) -> Result<MetadataValue<Ascii>, AuthTokenError> {
+    let token = read_token(path)?;
+    MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| AuthTokenError {
+        path: path.to_owned(),
+        problem: AuthTokenProblem::NotAHeaderValue,
+    })
+}
+
 /// A client on a fresh connection to the configured target (a new endpoint
-/// per attempt), and the token read afresh for it.
+/// per attempt), and the bearer header of the token read afresh for it.
+/// `server_name` is the configured one, checked at start.
 pub(crate) async fn connect(
     config: &ClientConfig,
+    server_name: &ServerName<'static>,
     dialer: Arc<dyn Dialer>,
-) -> Result<(AgentSecureClient<Channel>, String), String> {
-    let token = read_token(&config.auth_token_file)?;
-    let tls = match rustls_config(&config.tls).map_err(|e| e.to_string())? {
-        None => None,
-        Some(rustls) => {
-            let name = ServerName::try_from(config.tls.server_name.clone())
-                .map_err(|_| format!("invalid TLS server name {:?}", config.tls.server_name))?;
-            Some((rustls, name))
-        }
-    };
+) -> Result<(AgentSecureClient<Channel>, MetadataValue<Ascii>), ConnectError> {
+    let bearer = bearer(&config.auth_token_file).map_err(ConnectError::AuthToken)?;
+    let tls = rustls_config(&config.tls)
+        .map_err(ConnectError::TlsFile)?
+        .map(|rustls| (rustls, server_name.clone()));
     let connector = Connector {
         dialer,
         target: config.target.clone(),
         tls,
     };
+    // `validate` checked at start that the target makes this URI.
     let endpoint = Endpoint::from_shared(format!("http://{}", config.target))
-        .map_err(|e| format!("invalid target {}: {e}", config.target))?
+        .map_err(|e| {
+            ConnectError::Transport(transport_error(
+                &e,
+                format!("invalid target {}: {e}", config.target),
+            ))
+        })?
         .connect_timeout(config.connect_timeout)
         .http2_keep_alive_interval(config.http2_keepalive_interval)
         .keep_alive_timeout(config.http2_keepalive_timeout)
@@ -233,25 +296,112 @@ pub(crate) async fn connect(
     let channel = endpoint
         .connect_with_connector(connector)
         .await
-        .map_err(|e| format!("cannot connect to {}: {}", config.target, error_chain(&e)))?;
+        .map_err(|e| {
+            let detail = format!("cannot connect to {}: {}", config.target, error_chain(&e));
+            ConnectError::Transport(transport_error(&e, detail))
+        })?;
     let client = AgentSecureClient::new(channel)
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size);
-    Ok((client, token))
+    Ok((client, bearer))
 }
 
 /// `message` as a request carrying `authorization: Bearer <token>`.
-pub(crate) fn authorized<T>(message: T, token: &str) -> Result<tonic::Request<T>, String> {
+pub(crate) fn authorized<T>(message: T, bearer: &MetadataValue<Ascii>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    let bearer = MetadataValue::try_from(format!("Bearer {token}"))
-        .map_err(|_| "the auth token holds characters not allowed in a header".to_owned())?;
-    request.metadata_mut().insert("authorization", bearer);
-    Ok(request)
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
+    request
+}
+
+/// Why the open of a stream (or a one-off request) failed, from its status.
+pub(crate) fn open_error(status: &tonic::Status) -> ConnectError {
+    match server_status(status) {
+        Ok(status) => ConnectError::Refused(status),
+        Err(broken) => ConnectError::Transport(broken),
+    }
+}
+
+/// How an open stream ended, from the status it ended with.
+pub(crate) fn stream_end(status: &tonic::Status) -> StreamEnd {
+    match server_status(status) {
+        Ok(status) => StreamEnd::Status(status),
+        Err(broken) => StreamEnd::Transport(broken),
+    }
+}
+
+/// The status the server sent, or, for a status tonic made of a transport
+/// failure (it has a cause: hyper's, h2's, the socket's), what broke.
+fn server_status(status: &tonic::Status) -> Result<GrpcStatus, TransportError> {
+    match std::error::Error::source(status) {
+        None => Ok(GrpcStatus {
+            code: StatusCode::from_i32(status.code() as i32),
+            message: status.message().to_owned(),
+        }),
+        Some(cause) => Err(TransportError {
+            kind: transport_kind(cause),
+            detail: describe(status),
+        }),
+    }
+}
+
+/// A transport failure of `error`, with `detail` as its line.
+fn transport_error(error: &(dyn std::error::Error + 'static), detail: String) -> TransportError {
+    TransportError {
+        kind: transport_kind(error),
+        detail,
+    }
+}
+
+/// What kind of failure `error` is, from the first of its causes that tells.
+fn transport_kind(error: &(dyn std::error::Error + 'static)) -> TransportErrorKind {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(kind) = kind_of(error) {
+            return kind;
+        }
+        cause = error.source();
+    }
+    TransportErrorKind::Other
+}
+
+/// What kind of failure this one error (not its causes) says it is.
+fn kind_of(error: &(dyn std::error::Error + 'static)) -> Option<TransportErrorKind> {
+    if error.is::<rustls::Error>() {
+        return Some(TransportErrorKind::Tls);
+    }
+    if error.is::<tokio::time::error::Elapsed>()
+        || error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+    {
+        return Some(TransportErrorKind::TimedOut);
+    }
+    let io = error.downcast_ref::<io::Error>()?;
+    // An io error shows the error it wraps but does not give it as its
+    // source: tokio-rustls wraps a failed handshake's rustls error so.
+    if let Some(kind) = io.get_ref().and_then(|inner| kind_of(inner)) {
+        return Some(kind);
+    }
+    match io.kind() {
+        io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::HostUnreachable
+        | io::ErrorKind::NetworkUnreachable
+        | io::ErrorKind::AddrNotAvailable => Some(TransportErrorKind::Unreachable),
+        io::ErrorKind::TimedOut => Some(TransportErrorKind::TimedOut),
+        // What tokio-rustls reports a TLS failure as, and the only trace of
+        // one that h2 passed on: it keeps an io error's kind and text only
+        // (a TLS 1.3 server's refusal of our certificate arrives so, with
+        // the first request). Sockets do not fail with it.
+        io::ErrorKind::InvalidData => Some(TransportErrorKind::Tls),
+        _ => None,
+    }
 }
 
 /// A gRPC status as one line: code, message and the transport's causes
 /// (where a refused client certificate shows, as the server's TLS alert).
-pub(crate) fn describe(status: &tonic::Status) -> String {
+fn describe(status: &tonic::Status) -> String {
     let (code, message) = (status.code(), status.message());
     match std::error::Error::source(status).map(error_chain) {
         // tonic's message is its source's first line ("transport error").
@@ -359,7 +509,7 @@ mod tests {
         std::fs::write(&path, " \tabc123\r\n").unwrap();
         assert_eq!(read_token(&path).unwrap(), "abc123");
         std::fs::write(&path, "\r\n").unwrap();
-        let error = read_token(&path).unwrap_err();
+        let error = read_token(&path).unwrap_err().to_string();
         assert!(
             error.contains("auth_token") && error.contains("empty"),
             "{error}"

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use crate::defaults;
 use crate::rng::SplitMix64;
 
 /// The backoff's constants (wire-spec section 4).
@@ -27,17 +28,15 @@ pub struct BackoffConfig {
     pub reset_after: Duration,
 }
 
-/// The default [`BackoffConfig::reset_after`].
-pub const DEFAULT_RESET_AFTER: Duration = Duration::from_secs(30);
-
+/// The spec's constants (see [`crate::defaults`]).
 impl Default for BackoffConfig {
     fn default() -> Self {
         Self {
-            initial_interval: Duration::from_millis(500),
-            max_interval: Duration::from_secs(5 * 60),
-            multiplier: 1.5,
-            randomization: 0.5,
-            reset_after: DEFAULT_RESET_AFTER,
+            initial_interval: defaults::BACKOFF_INITIAL_INTERVAL,
+            max_interval: defaults::BACKOFF_MAX_INTERVAL,
+            multiplier: defaults::BACKOFF_MULTIPLIER,
+            randomization: defaults::BACKOFF_RANDOMIZATION,
+            reset_after: defaults::BACKOFF_RESET_AFTER,
         }
     }
 }

@@ -21,17 +21,25 @@
 //! first.
 
 mod backoff;
+mod loss;
+mod status;
 mod telemetry;
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-pub use backoff::{Backoff, BackoffConfig, DEFAULT_RESET_AFTER};
+pub use backoff::{Backoff, BackoffConfig};
+pub use loss::{
+    AuthTokenError, AuthTokenProblem, ConnectError, GrpcStatus, LossReason, ProtocolViolation,
+    StatusCode, StreamEnd, TlsFileError, TlsFileProblem, TransportError, TransportErrorKind,
+};
+pub use status::ClientStatus;
 pub use telemetry::ClientTelemetry;
 
 use bytes::Bytes;
 
+use crate::defaults;
 use crate::domain::{Cardinality, EntityId, KNOWN_PREFIXES};
 use crate::mirror::{EntityChange, MirrorReader, MirrorWriter};
 use crate::proto::encoded::EncodedStreamTagsResponse;
@@ -54,9 +62,6 @@ pub fn keeps(requested: &[String], id: &EntityId) -> bool {
     !id.has_known_prefix() || requested.iter().any(|prefix| prefix == id.prefix())
 }
 
-/// Default receive watchdog: no message for this long drops the stream.
-pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-
 /// Identifies one connect attempt. Every attempt gets a fresh one; inputs
 /// that carry another attempt's id change nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,7 +75,7 @@ impl fmt::Display for ConnectionId {
 
 /// What the core is configured with. Everything it needs is here: no
 /// environment, no clock, no global RNG.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CoreConfig {
     pub cardinality: Cardinality,
     /// Entity-ID prefixes to subscribe to, known or not. Always sent
@@ -93,7 +98,7 @@ impl CoreConfig {
             cardinality: Cardinality::High,
             prefixes: Vec::new(),
             streaming_id: streaming_id.into(),
-            receive_timeout: DEFAULT_RECEIVE_TIMEOUT,
+            receive_timeout: defaults::RECEIVE_TIMEOUT,
             backoff: BackoffConfig::default(),
             seed,
         }
@@ -109,7 +114,8 @@ impl CoreConfig {
     }
 }
 
-/// What the driver must do.
+/// What the driver must do. Exhaustive on purpose: a driver executes every
+/// command, so a new one must not compile away unnoticed.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(clippy::large_enum_variant)] // one command per attempt: boxing buys nothing
 pub enum Command {
@@ -124,6 +130,7 @@ pub enum Command {
 }
 
 /// What the application sees.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// The mirror now reflects the server: a snapshot completed, a resume was
@@ -135,12 +142,13 @@ pub enum Event {
     /// after `retry_in`. The mirror keeps serving its last content.
     ConnectionLost {
         id: ConnectionId,
-        reason: String,
+        reason: LossReason,
         retry_in: Duration,
     },
 }
 
 /// The core's named timers.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Timer {
     /// Waiting out the backoff before the next connect attempt.
@@ -159,7 +167,9 @@ pub struct Timeout {
     pub timer: Timer,
 }
 
-/// Where a connection is, for traces and metrics.
+/// Where a connection is, for traces and metrics. Exhaustive: these four
+/// are the whole of the core's states (see [`ClientCore`]), and a status
+/// display names each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionState {
     BackingOff,
@@ -190,6 +200,8 @@ pub struct ResumePoint {
 /// [`handle_timeout`](Self::handle_timeout) when it is reached. Do the same
 /// right after `new`. There is always a timeout.
 ///
+/// [`status`](Self::status) gives all of it at once, for a status display.
+///
 /// Every input that names a [`ConnectionId`] other than the current attempt's
 /// is stale (a race between the driver's futures) and changes nothing.
 pub struct ClientCore {
@@ -203,12 +215,18 @@ pub struct ClientCore {
     commands: VecDeque<Command>,
     events: VecDeque<Event>,
     telemetry: ClientTelemetry,
+    /// When the last message of a current stream arrived.
+    last_message_at: Option<Instant>,
+    /// Why the last connection was lost, until the next sync.
+    last_error: Option<LossReason>,
 }
 
 #[derive(Debug)]
 enum State {
     BackingOff {
         until: Instant,
+        /// The delay drawn for this wait.
+        retry_in: Duration,
     },
     Open {
         id: ConnectionId,
@@ -254,12 +272,17 @@ impl ClientCore {
             backoff: Backoff::new(config.backoff.clone(), config.seed),
             config,
             next_id: 1,
-            state: State::BackingOff { until: now },
+            state: State::BackingOff {
+                until: now,
+                retry_in: Duration::ZERO,
+            },
             mirror,
             resume_point: None,
             commands: VecDeque::new(),
             events: VecDeque::new(),
             telemetry: ClientTelemetry::default(),
+            last_message_at: None,
+            last_error: None,
         };
         core.open(now);
         core
@@ -280,17 +303,17 @@ impl ClientCore {
     }
 
     /// Attempt `id` could not open its stream (connect, TLS, auth...).
-    pub fn handle_connect_failed(&mut self, now: Instant, id: ConnectionId, reason: &str) {
+    pub fn handle_connect_failed(&mut self, now: Instant, id: ConnectionId, error: ConnectError) {
         if self.is_current(id) {
-            self.fail(now, format!("connect failed: {reason}"));
+            self.fail(now, LossReason::ConnectFailed(error));
         }
     }
 
     /// Attempt `id`'s stream ended, cleanly or with an error: either way the
     /// stream is gone, so back off and reconnect.
-    pub fn handle_stream_closed(&mut self, now: Instant, id: ConnectionId, reason: &str) {
+    pub fn handle_stream_closed(&mut self, now: Instant, id: ConnectionId, end: StreamEnd) {
         if self.is_current(id) {
-            self.fail(now, format!("stream closed: {reason}"));
+            self.fail(now, LossReason::StreamClosed(end));
         }
     }
 
@@ -308,6 +331,7 @@ impl ClientCore {
             return;
         }
         self.telemetry.receives += 1;
+        self.last_message_at = Some(now);
         let State::Open {
             last_activity,
             headers_received,
@@ -326,7 +350,7 @@ impl ClientCore {
         }
         if let Err(violation) = self.apply(response, events) {
             self.commands.push_back(Command::CloseStream { id });
-            self.fail(now, format!("protocol violation: {violation}"));
+            self.fail(now, LossReason::ProtocolViolation(violation));
             return;
         }
         // A message that moved the sync forward: the link works. Whether the
@@ -341,9 +365,7 @@ impl ClientCore {
 
     /// Time passed; fires whichever timer is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let Some(timeout) = self.poll_timeout() else {
-            return;
-        };
+        let timeout = self.poll_timeout();
         if now < timeout.at {
             return;
         }
@@ -352,8 +374,8 @@ impl ClientCore {
             (Timer::ReceiveWatchdog, State::Open { id, .. }) => {
                 let id = *id;
                 self.commands.push_back(Command::CloseStream { id });
-                let silent = self.config.receive_timeout;
-                self.fail(now, format!("receive timeout: no message for {silent:?}"));
+                let silent_for = self.config.receive_timeout;
+                self.fail(now, LossReason::ReceiveTimeout { silent_for });
             }
             (Timer::BackoffReset, State::Open { .. }) => self.reset_backoff_if_proven(now),
             (Timer::ReceiveWatchdog | Timer::BackoffReset, State::BackingOff { .. }) => {
@@ -362,19 +384,22 @@ impl ClientCore {
         }
     }
 
+    #[must_use]
     pub fn poll_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
     }
 
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
-    /// The next deadline. Always `Some`: a core always waits for something.
-    /// Of two timers due at once, the backoff reset comes first.
-    pub fn poll_timeout(&self) -> Option<Timeout> {
-        Some(match &self.state {
-            State::BackingOff { until } => Timeout {
+    /// The next deadline: a core always waits for something. Of two timers
+    /// due at once, the backoff reset comes first.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Timeout {
+        match &self.state {
+            State::BackingOff { until, .. } => Timeout {
                 at: *until,
                 timer: Timer::Reconnect,
             },
@@ -402,7 +427,7 @@ impl ClientCore {
                     StreamHealth::Unproven | StreamHealth::Proven => watchdog,
                 }
             }
-        })
+        }
     }
 
     /// A reader of the mirror this core fills (one per thread).
@@ -412,6 +437,24 @@ impl ClientCore {
 
     pub fn is_synced(&self) -> bool {
         self.connection_state() == ConnectionState::Synced
+    }
+
+    /// Everything a status display shows, at once.
+    pub fn status(&self) -> ClientStatus {
+        ClientStatus {
+            state: self.connection_state(),
+            telemetry: self.telemetry.clone(),
+            staged_entities: self.staged_entities(),
+            mirrored_entities: self.mirror.len(),
+            extension_aware: self.resume_point.is_some(),
+            backoff_interval: self.backoff_interval(),
+            retry_delay: match self.state {
+                State::BackingOff { retry_in, .. } => Some(retry_in),
+                State::Open { .. } => None,
+            },
+            last_message_at: self.last_message_at,
+            last_error: self.last_error.clone(),
+        }
     }
 
     pub fn connection_state(&self) -> ConnectionState {
@@ -504,7 +547,7 @@ impl ClientCore {
     }
 
     /// The current attempt is over: back off. The mirror keeps its content.
-    fn fail(&mut self, now: Instant, reason: String) {
+    fn fail(&mut self, now: Instant, reason: LossReason) {
         // A stream that lasted its reset period earned the reset, even if
         // its failure reached us before the reset's timeout did.
         self.reset_backoff_if_proven(now);
@@ -518,7 +561,9 @@ impl ClientCore {
         let retry_in = self.backoff.next_delay();
         self.state = State::BackingOff {
             until: now + retry_in,
+            retry_in,
         };
+        self.last_error = Some(reason.clone());
         self.events.push_back(Event::ConnectionLost {
             id,
             reason,
@@ -559,7 +604,7 @@ impl ClientCore {
         &mut self,
         response: EncodedStreamTagsResponse,
         events: Vec<DecodedEvent<'_>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProtocolViolation> {
         let State::Open { sync, .. } = &mut self.state else {
             unreachable!("responses are applied only on an open stream")
         };
@@ -589,13 +634,14 @@ impl ClientCore {
                     epoch,
                     revision: response.revision,
                 });
+                self.last_error = None;
                 self.events.push_back(Event::Synced {
                     resumed: true,
                     entities: self.mirror.len(),
                 });
             }
             SyncPhase::AwaitingFirstBatch if response.resumed => {
-                return Err(format!("resumed epoch {epoch:?} we never synced from"));
+                return Err(ProtocolViolation::ResumedUnknownEpoch { epoch });
             }
             SyncPhase::AwaitingFirstBatch => {
                 self.stage(epoch, events, response.snapshot_complete, response.revision);
@@ -604,18 +650,20 @@ impl ClientCore {
                 epoch: staging_epoch,
             } => {
                 if *staging_epoch != epoch {
-                    return Err(format!(
-                        "epoch changed mid-snapshot from {staging_epoch:?} to {epoch:?}"
-                    ));
+                    return Err(ProtocolViolation::EpochChangedMidSnapshot {
+                        from: staging_epoch.clone(),
+                        to: epoch,
+                    });
                 }
                 self.stage(epoch, events, response.snapshot_complete, response.revision);
             }
             SyncPhase::Live { epoch: None } => self.apply_live(events),
             SyncPhase::Live { epoch: Some(live) } => {
                 if *live != epoch {
-                    return Err(format!(
-                        "epoch changed mid-stream from {live:?} to {epoch:?}"
-                    ));
+                    return Err(ProtocolViolation::EpochChangedMidStream {
+                        from: live.clone(),
+                        to: epoch,
+                    });
                 }
                 self.apply_live(events);
                 self.resume_point = Some(ResumePoint {
@@ -655,6 +703,7 @@ impl ClientCore {
         self.telemetry.snapshots += 1;
         let changes = self.mirror.commit_staged();
         self.publish_changes(changes);
+        self.last_error = None;
         self.events.push_back(Event::Synced {
             resumed: false,
             entities: self.mirror.len(),

@@ -8,7 +8,10 @@ use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use prost::Message;
 
-use crate::core::{ClientCore, Command, ConnectionId, CoreConfig, Event, UNREQUESTED_PREFIX};
+use crate::core::{
+    ClientCore, Command, ConnectionId, CoreConfig, Event, GrpcStatus, StatusCode, StreamEnd,
+    UNREQUESTED_PREFIX,
+};
 use crate::domain::{Cardinality, DomainError, Entity, EntityEvent, EntityId, entity_hash};
 use crate::harness::{self, CONVERGE_STEPS, HarnessConfig, Op, client_keeps};
 use crate::mirror::{ChangeKind, EntityChange, MirrorReader, MirrorWriter};
@@ -68,7 +71,11 @@ pub fn decode_response(data: &[u8]) {
         match EncodedStreamTagsResponse::decode_length_delimited(&mut frames) {
             Ok(response) => client.receive(response),
             Err(error) => {
-                client.break_stream(&format!("undecodable response: {error}"));
+                // What tonic ends a stream with when a message does not decode.
+                client.break_stream(StreamEnd::Status(GrpcStatus {
+                    code: StatusCode::Internal,
+                    message: format!("undecodable response: {error}"),
+                }));
                 return;
             }
         }
@@ -124,7 +131,7 @@ impl DecodeClient {
         if self.core.current_connection().is_some() {
             return;
         }
-        let timeout = self.core.poll_timeout().expect("a core always has a timer");
+        let timeout = self.core.poll_timeout();
         self.now = self.now.max(timeout.at);
         self.core.handle_timeout(self.now);
         self.open_stream();
@@ -197,11 +204,10 @@ impl DecodeClient {
         check_mirror(&self.mirror, self.core.config());
     }
 
-    fn break_stream(&mut self, reason: &str) {
+    fn break_stream(&mut self, end: StreamEnd) {
         self.ensure_stream();
         let before = self.mirror_map();
-        self.core
-            .handle_stream_closed(self.now, self.stream, reason);
+        self.core.handle_stream_closed(self.now, self.stream, end);
         assert!(
             self.core.current_connection().is_none(),
             "a closed stream stays open"

@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 pub use model_server::{ModelServer, harness_entity, harness_id};
 pub use network::NetworkConfig;
 
-use crate::core::{ClientCore, Command, ConnectionId, CoreConfig, Event, Timer};
+use crate::core::{
+    ClientCore, Command, ConnectError, ConnectionId, CoreConfig, Event, StreamEnd, Timer,
+    TransportError, TransportErrorKind,
+};
 use crate::domain::{Cardinality, Entity, EntityId, KNOWN_PREFIXES};
 use crate::mirror::MirrorWriter;
 use crate::proto::model::{self as pb, StreamTagsResponse};
@@ -193,7 +196,7 @@ macro_rules! ensure {
 #[derive(Debug, PartialEq)]
 struct Observable {
     state: crate::core::ConnectionState,
-    timeout: Option<crate::core::Timeout>,
+    timeout: crate::core::Timeout,
     resume_point: Option<crate::core::ResumePoint>,
     backoff_interval: Duration,
     telemetry: crate::core::ClientTelemetry,
@@ -273,13 +276,12 @@ impl Harness {
                 self.advance_to(self.now + Duration::from_millis(u64::from(millis)))?;
             }
             Op::AdvanceToTimeout => {
-                if let Some(timeout) = self.core.poll_timeout() {
-                    self.advance_to(self.now.max(timeout.at))?;
-                }
+                let timeout = self.core.poll_timeout();
+                self.advance_to(self.now.max(timeout.at))?;
             }
             Op::NetworkStep => self.network_step()?,
             Op::AcceptOpen => self.accept_open()?,
-            Op::FailOpen => self.fail_open("refused")?,
+            Op::FailOpen => self.fail_open(broken(TransportErrorKind::Unreachable, "refused"))?,
             Op::Deliver { count } => {
                 for _ in 0..count {
                     if !self.deliver_next()? {
@@ -296,7 +298,7 @@ impl Harness {
                     self.deliver_next()?;
                 }
             }
-            Op::BreakStream => self.break_link("broken pipe")?,
+            Op::BreakStream => self.break_link(broken(TransportErrorKind::Other, "broken pipe"))?,
             Op::ServerUpsert { entity, variant } => {
                 let change = self.server.upsert(entity, variant);
                 self.queue_live(change);
@@ -309,9 +311,12 @@ impl Harness {
             Op::Malformed { kind } => self.queue_raw(vec![model_server::malformed_event(kind)]),
             Op::ServerRestart => {
                 self.server.restart();
-                self.break_link("server restarted")?;
+                self.break_link(broken(TransportErrorKind::Other, "server restarted"))?;
             }
-            Op::ServerDropStreams => self.break_link("server dropped the stream")?,
+            Op::ServerDropStreams => self.break_link(broken(
+                TransportErrorKind::Other,
+                "server dropped the stream",
+            ))?,
             Op::Partition => self
                 .network
                 .cut(Reachability::Partitioned, &mut self.link, self.now),
@@ -399,11 +404,7 @@ impl Harness {
 
     /// The earliest of the core's deadline and the network's next event.
     fn next_deadline(&self) -> Instant {
-        let timer = self
-            .core
-            .poll_timeout()
-            .map(|timeout| timeout.at)
-            .unwrap_or(self.now);
+        let timer = self.core.poll_timeout().at;
         match self.network.next_event(&self.link) {
             Some((at, _)) => timer.min(at).max(self.now),
             None => timer.max(self.now),
@@ -413,7 +414,8 @@ impl Harness {
     /// Time moves to `at`, each timer firing at its own deadline on the way.
     fn advance_to(&mut self, at: Instant) -> Result<(), Violation> {
         // Timers may chain (a reconnect fires, then its watchdog): fire all due.
-        while let Some(timeout) = self.core.poll_timeout() {
+        loop {
+            let timeout = self.core.poll_timeout();
             if timeout.at > at {
                 break;
             }
@@ -440,7 +442,7 @@ impl Harness {
             self.core.handle_timeout(self.now);
             self.drain()?;
             ensure!(
-                self.core.poll_timeout() != Some(timeout),
+                self.core.poll_timeout() != timeout,
                 "timer {timeout:?} fired without moving"
             );
         }
@@ -462,8 +464,14 @@ impl Harness {
         self.record(format!("net {event:?}"));
         match event {
             LinkEvent::Accept => self.accept_open(),
-            LinkEvent::Fail => self.fail_open("connect timed out or refused"),
-            LinkEvent::Die => self.break_link("keep-alive timeout or connection reset"),
+            LinkEvent::Fail => self.fail_open(broken(
+                TransportErrorKind::Unreachable,
+                "connect timed out or refused",
+            )),
+            LinkEvent::Die => self.break_link(broken(
+                TransportErrorKind::TimedOut,
+                "keep-alive timeout or connection reset",
+            )),
             LinkEvent::Arrive => self.deliver_next().map(drop),
             LinkEvent::ServerKeepAlive => {
                 let response = self.server.keep_alive();
@@ -488,11 +496,12 @@ impl Harness {
         self.drain()
     }
 
-    fn fail_open(&mut self, reason: &str) -> Result<(), Violation> {
+    fn fail_open(&mut self, broken: TransportError) -> Result<(), Violation> {
         if let Link::Pending(pending) = &self.link {
             let id = pending.id;
             self.link = Link::Idle;
-            self.core.handle_connect_failed(self.now, id, reason);
+            self.core
+                .handle_connect_failed(self.now, id, ConnectError::Transport(broken));
             self.drain()?;
         }
         Ok(())
@@ -520,7 +529,10 @@ impl Harness {
         };
         if lost_at.is_some_and(|lost| head.arrives_at >= lost) {
             // TCP cannot skip a lost message: the connection resets instead.
-            self.break_link("connection reset after a lost message")?;
+            self.break_link(broken(
+                TransportErrorKind::Other,
+                "connection reset after a lost message",
+            ))?;
             return Ok(false);
         }
         let Some(network::InFlight { response, .. }) = queue.pop_front() else {
@@ -548,13 +560,19 @@ impl Harness {
         useful_event || response.snapshot_complete || response.resumed
     }
 
-    fn break_link(&mut self, reason: &str) -> Result<(), Violation> {
+    /// The connection breaks, whether its stream is open or still opening.
+    fn break_link(&mut self, broken: TransportError) -> Result<(), Violation> {
         match std::mem::replace(&mut self.link, Link::Idle) {
             Link::Idle => return Ok(()),
-            Link::Pending(pending) => self
-                .core
-                .handle_connect_failed(self.now, pending.id, reason),
-            Link::Open(stream) => self.core.handle_stream_closed(self.now, stream.id, reason),
+            Link::Pending(pending) => self.core.handle_connect_failed(
+                self.now,
+                pending.id,
+                ConnectError::Transport(broken),
+            ),
+            Link::Open(stream) => {
+                self.core
+                    .handle_stream_closed(self.now, stream.id, StreamEnd::Transport(broken))
+            }
         }
         self.drain()
     }
@@ -590,8 +608,16 @@ impl Harness {
         let before = self.observe();
         match kind % 4 {
             0 => self.core.handle_connected(self.now, id),
-            1 => self.core.handle_connect_failed(self.now, id, "stale"),
-            2 => self.core.handle_stream_closed(self.now, id, "stale"),
+            1 => {
+                let stale = broken(TransportErrorKind::Other, "stale");
+                self.core
+                    .handle_connect_failed(self.now, id, ConnectError::Transport(stale));
+            }
+            2 => {
+                let stale = broken(TransportErrorKind::Other, "stale");
+                self.core
+                    .handle_stream_closed(self.now, id, StreamEnd::Transport(stale));
+            }
             _ => {
                 let response = self.server.snapshot_response_for_stale_input();
                 self.core.handle_response(self.now, id, response);
@@ -662,10 +688,9 @@ impl Harness {
                 self.link = Link::Idle;
             }
         }
-        if let Some(timeout) = self.core.poll_timeout() {
-            let at = timeout.at.saturating_duration_since(self.start);
-            self.record(format!("timeout {:?} at {at:?}", timeout.timer));
-        }
+        let timeout = self.core.poll_timeout();
+        let at = timeout.at.saturating_duration_since(self.start);
+        self.record(format!("timeout {:?} at {at:?}", timeout.timer));
         Ok(())
     }
 
@@ -701,7 +726,6 @@ impl Harness {
 
     /// Invariants that hold after every step.
     fn check(&self) -> Result<(), Violation> {
-        ensure!(self.core.poll_timeout().is_some(), "no timer is armed");
         let expected = self.expected_backoff_interval();
         ensure!(
             self.core.backoff_interval() == expected,
@@ -796,7 +820,25 @@ fn describe_event(event: &Event) -> String {
             }
             line
         }
+        // The reason as the one line it displays, in the quotes its
+        // debug form had as a string.
+        Event::ConnectionLost {
+            id,
+            reason,
+            retry_in,
+        } => format!(
+            "ConnectionLost {{ id: {id:?}, reason: {:?}, retry_in: {retry_in:?} }}",
+            reason.to_string()
+        ),
         other => format!("{other:?}"),
+    }
+}
+
+/// A connection the emulated network broke, in the harness's words.
+fn broken(kind: TransportErrorKind, detail: &str) -> TransportError {
+    TransportError {
+        kind,
+        detail: detail.to_owned(),
     }
 }
 

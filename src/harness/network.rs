@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::core::ConnectionId;
+use crate::defaults;
 use crate::proto::model::StreamTagsResponse;
 use crate::rng::SplitMix64;
 
@@ -35,14 +36,23 @@ pub struct NetworkConfig {
     pub server_keepalive: Option<Duration>,
 }
 
+/// How long a stalled link goes unnoticed here: an HTTP/2 keep-alive scaled
+/// down (PING after 20 s, 10 s to answer), as the turmoil tier scales its
+/// timings. The driver's default takes 5 min 20 s
+/// ([`defaults::HTTP2_KEEPALIVE_INTERVAL`] plus
+/// [`defaults::HTTP2_KEEPALIVE_TIMEOUT`], kept long for the servers' ping
+/// policy), longer than any hold of the `holds` scenario (3 min at most):
+/// with it none would be noticed before it heals.
+pub(super) const SCALED_KEEPALIVE_DETECTION: Duration = Duration::from_secs(30);
+
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
             latency: Duration::ZERO,
             jitter: Duration::ZERO,
             loss_per_mille: 0,
-            connect_timeout: Duration::from_secs(5),
-            keepalive_detection: Duration::from_secs(30),
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            keepalive_detection: SCALED_KEEPALIVE_DETECTION,
             server_keepalive: None,
         }
     }

@@ -7,21 +7,16 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use super::network::SCALED_KEEPALIVE_DETECTION;
 use super::{HARNESS_PREFIXES, Harness, HarnessConfig, NetworkConfig, Op, Violation};
 use crate::core::BackoffConfig;
+use crate::defaults;
 use crate::domain::Cardinality;
 use crate::rng::SplitMix64;
 
 /// How long faults and churn go on before everything heals.
 pub const FAULT_PHASE: Duration = Duration::from_secs(60 * 60);
 
-/// The client's HTTP/2 keep-alive (PING every 20 s, 10 s to answer) as the
-/// driver configures it: how long a stalled link goes unnoticed.
-const KEEPALIVE_DETECTION: Duration = Duration::from_secs(30);
-/// The driver's connect timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The server's idle keep-alive (wire spec: 9 min without a send).
-const SERVER_KEEPALIVE: Duration = Duration::from_secs(9 * 60);
 /// Milliseconds between two drops of `flapping`: well within the backoff's
 /// reset period, so no stream earns a reset.
 const FLAP_EVERY_MS: (u64, u64) = (1_000, 3_000);
@@ -390,9 +385,9 @@ impl Planner<'_> {
                 latency,
                 jitter,
                 loss_per_mille: 0,
-                connect_timeout: CONNECT_TIMEOUT,
-                keepalive_detection: KEEPALIVE_DETECTION,
-                server_keepalive: Some(SERVER_KEEPALIVE),
+                connect_timeout: defaults::CONNECT_TIMEOUT,
+                keepalive_detection: SCALED_KEEPALIVE_DETECTION,
+                server_keepalive: Some(defaults::SERVER_KEEPALIVE_INTERVAL),
             },
         }
     }

@@ -190,7 +190,9 @@ impl Collector for ClientCollector {
             "While waiting to reconnect, the delay drawn for this wait; 0 when not backing off.",
             status.retry_delay.unwrap_or_default().as_secs_f64(),
         )?;
-        let last_message = status.last_message_at.unwrap_or(self.started);
+        let last_message = status
+            .last_message_at
+            .map_or(self.started, Instant::from_std);
         gauge(
             e,
             "tagger_client_last_message_age_seconds",

@@ -6,10 +6,13 @@
 //!
 //! Layers, from the bottom:
 //! - [`Store`]: the pure, synchronous entity store (revisions, change log,
-//!   snapshot chunks).
+//!   snapshots).
 //! - [`StoreHandle`]: the shared store that sources feed and streams
 //!   subscribe to, with bounded per-subscriber buffers.
-//! - [`TaggerService`]: the gRPC service over a handle, with auth.
+//! - `frames`: how snapshots and change batches become responses (chunk
+//!   budget, encoding shared by subscribers, what each response carries).
+//! - [`TaggerService`]: the gRPC service over a handle, with auth: it sends
+//!   what `frames` makes.
 //! - [`serve_incoming`]: runs a service over any stream of connections (a
 //!   TCP listener, or a simulated network).
 //! - [`Server`] / [`serve`]: the whole server from a [`ServeConfig`], as the
@@ -18,6 +21,7 @@
 mod auth;
 mod connections;
 mod entities_file;
+mod frames;
 mod health;
 mod host_source;
 mod hub;
@@ -45,6 +49,7 @@ pub use entities_file::{
     EntitiesFileError, EntitiesFileLoadError, EntitiesFileWatcher, parse_entities_file,
     read_entities_file, write_entities_file,
 };
+pub use frames::{SnapshotChunk, SnapshotChunks};
 pub use health::HEALTH_SERVICE_NAMES;
 pub use host_source::CMDLINE_TAG_MAX_BYTES;
 pub use hub::StoreHandle;
@@ -59,16 +64,13 @@ pub use service::{
     DEFAULT_SHUTDOWN_GRACE, DEFAULT_SUBSCRIBER_BUFFER, ServiceConfig, TaggerService,
 };
 pub use stats::{EventsByCardinality, OriginRequests, ServerStats};
-pub use store::{
-    Change, Epoch, PrefixFilter, Snapshot, SnapshotChunk, SnapshotChunks, Store, StoredEntity,
-};
+pub use store::{Change, Epoch, PrefixFilter, Snapshot, Store, StoredEntity};
 pub use tls::{CertFileError, GENERATED_CERT_NAMES, PemProblem, TlsIdentity};
 /// The parts that only the tests, benches and fuzzers call on their own.
 #[cfg(feature = "test-kit")]
 pub use {
-    entities_file::diff_entities,
+    frames::{Chunker, Framer, SnapshotResponses},
     host_source::{HostScanner, PROCESS_REFRESH_SCANS, ScanStats, scan as scan_host},
-    store::Chunker,
 };
 
 use crate::error_text::error_chain;
@@ -79,8 +81,10 @@ use workload_source::WorkloadSource;
 use crate::client::ClientConfig;
 
 /// The Datadog core agent's IPC port, on loopback only.
-pub const DEFAULT_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5001);
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    crate::defaults::PORT,
+);
 pub const DEFAULT_CHANGE_LOG_CAPACITY: usize = 10_000;
 pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Entities files larger than this are refused: 256 MiB is about 400,000

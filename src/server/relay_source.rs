@@ -14,11 +14,10 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::broadcast::error::RecvError;
 
-use super::entities_file::diff_entities;
 use super::hub::StoreHandle;
 use crate::client::{ClientConfig, ClientError, RemoteTagger};
 use crate::core::{ConnectionState, Event};
-use crate::domain::{Cardinality, Entity, EntityId, KNOWN_PREFIXES};
+use crate::domain::{Cardinality, Entity, EntityId, KNOWN_PREFIXES, diff_entities};
 use crate::mirror::{EntityChange, MirrorReader};
 
 /// A relay: the client mirroring the upstream.
@@ -31,8 +30,8 @@ impl RelaySource {
     /// the first sync lands; the server does not wait for an upstream that
     /// may be away.
     pub fn start(mut config: ClientConfig) -> Result<Self, ClientError> {
-        config.cardinality = Cardinality::High;
-        config.prefixes = upstream_prefixes(&config.prefixes);
+        config.core.cardinality = Cardinality::High;
+        config.core.prefixes = upstream_prefixes(&config.core.prefixes);
         Ok(Self {
             tagger: RemoteTagger::start(config)?,
         })

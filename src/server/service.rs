@@ -20,22 +20,14 @@
 //! OK: Datadog's Rust client reopens at once after an OK end, where an
 //! error makes it back off (so does ours).
 //!
-//! The `revision` of a response is a resume point: once a client has applied
-//! that response, it holds the store's state at that revision (for its
-//! prefixes and cardinality). Snapshot chunks carry the snapshot's revision,
-//! which is only a valid resume point once the chunk marked
-//! `snapshotComplete` has arrived; live and resumed responses carry the
-//! revision of their last change (the last response of a batch, the batch's
-//! end even if later changes were filtered out); keep-alives carry the last
-//! revision sent; the empty placeholder a stream gets while it waits for a
-//! snapshot slot carries 0 (nothing to resume from yet).
+//! What each response holds and the revision it carries (a resume point)
+//! are the `frames` module's: this service decides when to send.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::Stream;
@@ -43,10 +35,12 @@ use tonic::{Request, Response, Status};
 
 use super::auth::Authenticator;
 use super::connections::Admission;
-use super::hub::{ChangeBatch, ResumeRefused, Stop, StoreHandle};
+use super::frames::{self, ChangeBatch, Framer, SnapshotResponses};
+use super::hub::{ResumeRefused, Stop, StoreHandle};
 use super::origin::OriginResolver;
 use super::stats::{GaugeGuard, Telemetry, increment};
-use super::store::{Chunker, PrefixFilter, SnapshotChunks};
+use super::store::PrefixFilter;
+use crate::defaults;
 use crate::domain::{Cardinality, EntityId};
 use crate::origin::OriginInfo;
 use crate::proto::encoded::EncodedStreamTagsResponse;
@@ -95,11 +89,11 @@ pub struct ServiceConfig {
     pub max_tls_handshakes: usize,
 }
 
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
-pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(9 * 60);
-pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = defaults::MAX_MESSAGE_SIZE;
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = defaults::SERVER_KEEPALIVE_INTERVAL;
+pub const DEFAULT_SEND_TIMEOUT: Duration = defaults::SEND_TIMEOUT;
 pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 1000;
-pub const DEFAULT_MAX_CONCURRENT_SNAPSHOTS: usize = 3;
+pub const DEFAULT_MAX_CONCURRENT_SNAPSHOTS: usize = defaults::MAX_CONCURRENT_SNAPSHOTS;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A node's Agent processes and relays are a few dozen clients at most.
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1_000;
@@ -135,17 +129,9 @@ impl ServiceConfig {
     /// The summed size of encoded events at which a response is cut (the
     /// first event of a response always goes, however large).
     pub fn chunk_budget(&self) -> usize {
-        (self.max_message_size / 2).min(CHUNK_TARGET)
+        frames::chunk_budget(self.max_message_size)
     }
 }
-
-/// Responses are cut at this many bytes of events, well within the spec's
-/// bound of half the max message size. A 64 KiB response stays in a core's
-/// cache from decryption to decoding, on both sides, where a 2 MiB one is
-/// evicted between those passes over it. Medians of a 100k-entity sync in
-/// one comparison: 152-160 ms with 64 or 128 KiB responses, 190-203 ms with
-/// 2 MiB, 182-186 ms with 16, 32 or 256 KiB (BENCHMARKS.md, session 5).
-const CHUNK_TARGET: usize = 64 * 1024;
 
 /// Live change batches drained into one round of responses at most: enough
 /// to coalesce a burst of small batches, few enough to keep latency low.
@@ -423,13 +409,12 @@ impl Halt {
     }
 }
 
-/// The sending end of one stream, with the state every response needs.
+/// The sending end of one stream, with what makes its responses.
 struct Sink<'a> {
     responses: ResponseSender,
     config: &'a ServiceConfig,
     telemetry: &'a Telemetry,
-    cardinality: Cardinality,
-    epoch: String,
+    framer: Framer,
     last_send: Instant,
     /// Store revision the client holds everything of (for this filter and
     /// cardinality); keep-alives carry it. 0 until the first sync.
@@ -437,16 +422,6 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    fn response(&self, events: Vec<Bytes>, revision: u64) -> EncodedStreamTagsResponse {
-        EncodedStreamTagsResponse {
-            events,
-            revision,
-            snapshot_complete: false,
-            server_epoch: self.epoch.clone(),
-            resumed: false,
-        }
-    }
-
     async fn send(
         &mut self,
         response: EncodedStreamTagsResponse,
@@ -458,7 +433,8 @@ impl Sink<'_> {
             .send(response);
         self.last_send = Instant::now();
         increment(&self.telemetry.sends);
-        self.telemetry.count_events(self.cardinality, events);
+        self.telemetry
+            .count_events(self.framer.cardinality(), events);
         Ok(())
     }
 
@@ -486,7 +462,7 @@ impl Sink<'_> {
     }
 
     async fn send_keepalive(&mut self, halt: &mut Halt) -> Result<(), StreamEnd> {
-        let keepalive = self.response(Vec::new(), self.synced_revision);
+        let keepalive = self.framer.keepalive(self.synced_revision);
         self.send(keepalive, halt).await?;
         increment(&self.telemetry.keepalives);
         Ok(())
@@ -501,30 +477,15 @@ impl Sink<'_> {
         batches: &[ChangeBatch],
         end_revision: u64,
         filter: &PrefixFilter,
-        mut resumed: bool,
+        resumed: bool,
         halt: &mut Halt,
     ) -> Result<(), StreamEnd> {
-        let mut chunker = Chunker::new(self.config.chunk_budget());
-        // Revision of the last change in the open chunk: once a client has a
-        // chunk, it holds everything up to there.
-        let mut chunk_revision = self.synced_revision;
-        let cardinality = self.cardinality;
-        for (change, event) in batches.iter().flat_map(|batch| batch.encoded(cardinality)) {
-            if !filter.matches(change.event.id()) {
-                continue;
-            }
-            if let Some(events) = chunker.push(event.clone()) {
-                let mut response = self.response(events, chunk_revision);
-                response.resumed = std::mem::take(&mut resumed);
-                self.send(response, halt).await?;
-                self.synced_revision = chunk_revision;
-            }
-            chunk_revision = change.revision;
-        }
-        if !chunker.is_empty() || resumed {
-            let mut response = self.response(chunker.take(), end_revision);
-            response.resumed = resumed;
+        let responses =
+            self.framer
+                .changes(batches, filter, self.synced_revision, end_revision, resumed);
+        for (response, synced_revision) in responses {
             self.send(response, halt).await?;
+            self.synced_revision = synced_revision;
         }
         self.synced_revision = end_revision;
         Ok(())
@@ -574,8 +535,11 @@ impl TaggerService {
             responses,
             config,
             telemetry,
-            cardinality: request.cardinality,
-            epoch: inner.store.epoch().as_str().to_owned(),
+            framer: Framer::new(
+                inner.store.epoch(),
+                request.cardinality,
+                config.chunk_budget(),
+            ),
             last_send: Instant::now(),
             synced_revision: 0,
         };
@@ -675,11 +639,8 @@ impl TaggerService {
         };
         halt.subscription = Some(subscription.stop);
         let revision = snapshot.revision;
-        let chunks = snapshot.into_chunks(request.cardinality, inner.config.chunk_budget());
-        if let Err(end) = self
-            .send_snapshot(chunks, revision, slot, sink, &mut halt)
-            .await
-        {
+        let responses = sink.framer.snapshot(snapshot);
+        if let Err(end) = self.send_snapshot(responses, slot, sink, &mut halt).await {
             return end;
         }
         increment(&telemetry.snapshots_sent);
@@ -687,7 +648,7 @@ impl TaggerService {
         live(subscription.batches, &request.filter, sink, &mut halt).await
     }
 
-    /// Sends a snapshot's `chunks`, producing each with a snapshot slot
+    /// Sends a snapshot's `responses`, producing each with a snapshot slot
     /// held. When the client has not taken the last chunk yet, the slot goes
     /// back while the stream waits for it (up to the send timeout), and is
     /// taken again to go on: a client that does not read keeps no slot from
@@ -696,8 +657,7 @@ impl TaggerService {
     /// timeout; `max_subscriptions` bounds how many streams do.
     async fn send_snapshot(
         &self,
-        mut chunks: SnapshotChunks,
-        revision: u64,
+        mut responses: SnapshotResponses,
         slot: SnapshotSlot<'_>,
         sink: &mut Sink<'_>,
         halt: &mut Halt,
@@ -714,13 +674,12 @@ impl TaggerService {
                 slot = Some(self.snapshot_slot(sink, halt, false).await?);
             }
             // Encoded here, with the slot held.
-            let Some(chunk) = chunks.next() else {
+            let Some(response) = responses.next() else {
                 return Ok(());
             };
-            let mut response = sink.response(chunk.events, revision);
-            response.snapshot_complete = chunk.complete;
+            let complete = response.snapshot_complete;
             sink.send(response, halt).await?;
-            if chunk.complete {
+            if complete {
                 return Ok(());
             }
         }
@@ -742,7 +701,7 @@ impl TaggerService {
             Err(_) => {
                 let _waiting = GaugeGuard::raise(&telemetry.snapshots_waiting);
                 if first {
-                    sink.send(sink.response(Vec::new(), 0), halt).await?;
+                    sink.send(sink.framer.placeholder(), halt).await?;
                 }
                 let acquire = slots.acquire();
                 tokio::pin!(acquire);

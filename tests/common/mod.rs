@@ -14,7 +14,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use remote_tagger::client::{ClientConfig, TlsMode, TlsSettings};
+use remote_tagger::client::{ClientConfig, TlsSettings};
 use remote_tagger::domain::{Entity, EntityId};
 use remote_tagger::server::{RunningServer, ServeConfig, Server, ServerStats, Source, StoreHandle};
 
@@ -119,13 +119,11 @@ pub fn entity(id: &str, low: &[&str], orchestrator: &[&str], high: &[&str]) -> E
 /// A client of `server` at `target` verifying its certificate, with a fixed
 /// jitter seed.
 pub fn client_config(server: &TestServer, target: &str) -> ClientConfig {
-    let mut config = ClientConfig::new(target, server.dir.path().join("auth_token"));
-    config.tls = TlsSettings {
-        mode: TlsMode::Verify {
-            ca_file: server.cert_path(),
-        },
-        ..TlsSettings::default()
-    };
-    config.seed = Some(7);
+    let mut config = ClientConfig::new(
+        target,
+        server.dir.path().join("auth_token"),
+        TlsSettings::verify(server.cert_path()),
+    );
+    config.core.seed = 7;
     config
 }

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode};
+use remote_tagger::client::{ClientConfig, RemoteTagger, TlsMode, TlsSettings};
 use remote_tagger::core::Event;
 use remote_tagger::domain::EntityEvent;
 use remote_tagger::server::{
@@ -53,10 +53,13 @@ fn idle_stream(server_keepalive: Duration, configure: impl FnOnce(&mut ClientCon
     let dir = TempDir::new(0).unwrap();
     let token_file = dir.0.join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
-    let mut config = ClientConfig::new(format!("{PROXY}:{PORT}"), &token_file);
-    config.tls.mode = TlsMode::InsecurePlaintext;
-    config.seed = Some(1);
-    config.streaming_id = Some("sim:idle".into());
+    let mut config = ClientConfig::new(
+        format!("{PROXY}:{PORT}"),
+        &token_file,
+        TlsSettings::new(TlsMode::InsecurePlaintext),
+    );
+    config.core.seed = 1;
+    config.core.streaming_id = "sim:idle".into();
     configure(&mut config);
 
     let mut sim = turmoil::Builder::new()
@@ -110,7 +113,7 @@ fn idle_stream(server_keepalive: Duration, configure: impl FnOnce(&mut ClientCon
         losses: events
             .iter()
             .filter_map(|event| match event {
-                Event::ConnectionLost { reason, .. } => Some(reason.clone()),
+                Event::ConnectionLost { reason, .. } => Some(reason.to_string()),
                 _ => None,
             })
             .collect(),
@@ -192,7 +195,7 @@ fn assert_pinged_within_the_policy(outcome: &Outcome, times: usize) {
 #[test]
 fn pings_without_anything_read_in_between_keep_grpc_gos_spacing() {
     // No keep-alive from the server, and no watchdog to cut the stream.
-    let outcome = idle_stream(2 * IDLE, |config| config.receive_timeout = 2 * IDLE);
+    let outcome = idle_stream(2 * IDLE, |config| config.core.receive_timeout = 2 * IDLE);
     // One every 5 min 10 s and a round trip: 5 in 30 minutes.
     assert_pinged_within_the_policy(&outcome, 5);
 }
