@@ -21,9 +21,7 @@ fn serve(home: &Path, args: &[&str]) -> (Running, String) {
         home,
         &[&["serve", "--listen", "127.0.0.1:0"], args].concat(),
     ));
-    let line = server.wait_for_stderr(" entities on ");
-    let (_, rest) = line.split_once(" entities on ").unwrap();
-    let address = rest.split_whitespace().next().unwrap().to_owned();
+    let address = server.wait_for_listen_address();
     (server, address)
 }
 

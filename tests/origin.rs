@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use common::host_fixtures::fixture;
 use common::{TestServer, client_config, within};
-use remote_tagger::client;
+use remote_tagger::client::{self, ClientConfig, FetchError, RemoteTagger};
+use remote_tagger::core::StatusCode;
 use remote_tagger::origin::{ExternalData, LocalData, OriginInfo};
 use remote_tagger::proto::api::agent_secure_client::AgentSecureClient;
 use remote_tagger::proto::model::{
@@ -400,29 +401,80 @@ async fn sources_without_a_host_answer_only_a_named_container() {
     server.stop().await;
 }
 
-/// Our client's function, against our server: the container, or none.
-#[tokio::test]
-async fn our_client_asks_with_every_field_and_gets_the_container() {
-    let server = host_server(&fixture("host-cgroup-v1")).await;
-    let config = client_config(&server, &server.addr.to_string());
-    let origin = |pid| OriginInfo {
+fn pid_origin(pid: u32) -> OriginInfo {
+    OriginInfo {
         local: LocalData {
             process_id: Some(pid),
             ..LocalData::default()
         },
         external: ExternalData::default(),
-    };
+    }
+}
+
+/// Our client's function, against our server: the container, or none.
+#[tokio::test]
+async fn our_client_asks_with_every_field_and_gets_the_container() {
+    let server = host_server(&fixture("host-cgroup-v1")).await;
+    let config = client_config(&server, &server.addr.to_string());
     let found = within(
         "an answer",
-        client::container_id_from_origin(&config, &origin(100)),
+        client::container_id_from_origin(&config, &pid_origin(100)),
     )
     .await;
     assert_eq!(found, Ok(Some(DOCKER_ID.to_owned())));
     let none = within(
         "an answer",
-        client::container_id_from_origin(&config, &origin(1)),
+        client::container_id_from_origin(&config, &pid_origin(1)),
     )
     .await;
     assert_eq!(none, Ok(None));
+    server.stop().await;
+}
+
+/// A running tagger asks over its own transport, with its token: the
+/// container, or a typed error when the server refuses the token.
+#[tokio::test]
+async fn a_running_tagger_asks_its_server_and_a_refusal_is_typed() {
+    let server = host_server(&fixture("host-cgroup-v2")).await;
+    let config = client_config(&server, &server.addr.to_string());
+    let tagger = RemoteTagger::start(config.clone()).unwrap();
+    let found = within(
+        "an answer",
+        tagger.container_id_from_origin(&pid_origin(60)),
+    )
+    .await;
+    assert_eq!(found, Ok(Some(POD_CONTAINER_ID.to_owned())));
+    let none = within(
+        "an answer",
+        tagger.container_id_from_origin(&pid_origin(70)),
+    )
+    .await;
+    assert_eq!(none, Ok(None));
+    tagger.stop().await;
+
+    let wrong_token = server.dir.path().join("wrong_token");
+    std::fs::write(&wrong_token, "f".repeat(64)).unwrap();
+    let refused_config = ClientConfig {
+        auth_token_file: wrong_token,
+        ..config
+    };
+    let refused = RemoteTagger::start(refused_config).unwrap();
+    let error = within(
+        "a refusal",
+        refused.container_id_from_origin(&pid_origin(60)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            FetchError::Server {
+                code: StatusCode::Unauthenticated,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    refused.stop().await;
     server.stop().await;
 }

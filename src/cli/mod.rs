@@ -152,8 +152,10 @@ pub struct ServeArgs {
     )]
     pub source: Option<SourceKind>,
 
-    /// Host source: the directory holding the `proc` and `etc/passwd` to read
-    /// (a container's view of its host's root, mounted, works too).
+    /// Host source: the directory holding the `proc` and `etc/passwd` to read,
+    /// `var/log/containers` (the kubelet's links: container names) and
+    /// `sys/fs/cgroup` (origin requests by cgroup inode); a container's view
+    /// of its host's root, mounted, works too.
     #[arg(long, env = "REMOTE_TAGGER_HOST_ROOT", default_value = "/")]
     pub host_root: PathBuf,
 

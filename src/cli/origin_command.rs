@@ -17,6 +17,19 @@ use super::{CliResult, ConnectArgs, parse_cardinality};
 /// The origin to resolve: any of these (the server tries them in the
 /// Datadog Agent's order: container ID, PID, inode, pod and container name).
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Give at least one of --pid, --inode, --container-id or --pod-uid with --container-name. \
+The server tries them in the Datadog Agent's order (container ID, PID, inode, pod UID and \
+container name) and answers the first container found; only a `serve --source host` server \
+looks them up (on its --host-root).
+
+Prints the container ID on the first line, then its tags one a line (--json: one object). \
+Exits 1 with one line on stderr when the server knows no container for the origin.
+
+Examples:
+  remote-tagger origin --pid $$
+  remote-tagger origin --inode \"$(stat -c %i /sys/fs/cgroup/system.slice/docker-ID.scope)\"
+  remote-tagger origin --pod-uid 7c9e6679-7425-40de-944b-e07fc1f90ae7 --container-name app")]
 #[command(group(
     ArgGroup::new("origin")
         .required(true)
