@@ -92,7 +92,7 @@ pub async fn origin(args: OriginArgs) -> CliResult {
         .map_err(|e| e.to_string())?;
     let Some(container_id) = found else {
         return Err(format!(
-            "{} knows no container for this origin (is it a host source on the process's host?)",
+            "{} knows no container for this origin: the process runs in none, or the server is not `serve --source host` on its host",
             config.target
         ));
     };
