@@ -1,7 +1,8 @@
 //! Origin detection's question: where a payload came from, as
 //! `TaggerGenerateContainerIDFromOriginInfo` carries it (see
 //! `shared/wire-spec.md`, section 1). The server answers with the container
-//! the origin belongs to; [`crate::client::container_id_from_origin`] asks.
+//! the origin belongs to; [`crate::client::RemoteTagger::container_id_from_origin`]
+//! (or [`crate::client::container_id_from_origin`]) asks.
 //!
 //! On the wire every field is proto3 `optional`, and the Datadog Agent's
 //! handler dereferences each one without a check: a request that leaves one
