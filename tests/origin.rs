@@ -17,7 +17,8 @@ use remote_tagger::core::StatusCode;
 use remote_tagger::origin::{ExternalData, LocalData, OriginInfo};
 use remote_tagger::proto::api::agent_secure_client::AgentSecureClient;
 use remote_tagger::proto::model::{
-    GenerateContainerIdFromOriginInfoRequest as Request,
+    self as pb, GenerateContainerIdFromOriginInfoRequest as Request,
+    GenerateContainerIdFromOriginInfoResponse as Response,
     generate_container_id_from_origin_info_request::{
         ExternalData as WireExternal, LocalData as WireLocal,
     },
@@ -73,20 +74,25 @@ fn go_request(pid: u32, inode: u64, pod_uid: &str, container_name: &str, init: b
     }
 }
 
+/// `message` with the server's token.
+fn authorized<T>(server: &TestServer, message: T) -> tonic::Request<T> {
+    let mut call = tonic::Request::new(message);
+    call.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", server.token()).parse().unwrap(),
+    );
+    call
+}
+
 /// The server's answer to `request`, which must be OK.
 async fn ask(
     server: &TestServer,
     client: &mut AgentSecureClient<Channel>,
     request: Request,
 ) -> String {
-    let mut call = tonic::Request::new(request.clone());
-    call.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", server.token()).parse().unwrap(),
-    );
     within(
         "an origin answer",
-        client.tagger_generate_container_id_from_origin_info(call),
+        client.tagger_generate_container_id_from_origin_info(authorized(server, request.clone())),
     )
     .await
     .unwrap_or_else(|status| panic!("{request:?} answered {status:?}"))
@@ -355,6 +361,66 @@ async fn partial_requests_get_the_best_answer_or_an_empty_one() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(server.store.stats().auth_failures, 1);
+    server.stop().await;
+}
+
+/// The origin method called with another message's bytes, as a client
+/// with the wrong definition would.
+async fn call_with<M: prost::Message + Default + Send + Sync + 'static>(
+    server: &TestServer,
+    message: M,
+) -> Result<String, tonic::Status> {
+    let channel = common::datadog_client::pinned_channel(server.addr, &server.cert_path()).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    within("the channel", grpc.ready()).await.unwrap();
+    let codec = tonic_prost::ProstCodec::<M, Response>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/datadog.api.v1.AgentSecure/TaggerGenerateContainerIDFromOriginInfo",
+    );
+    let response = within(
+        "an origin answer",
+        grpc.unary(authorized(server, message), path, codec),
+    )
+    .await?;
+    Ok(response.into_inner().container_id)
+}
+
+/// Bytes that do not decode as the request (a field of the wrong wire
+/// type) are refused by gRPC's decoder with INTERNAL, as grpc-go refuses
+/// them, before any handler; fields the request does not define are
+/// skipped. Either way the server goes on answering.
+#[tokio::test]
+async fn malformed_requests_are_refused_by_the_decoder_and_unknown_fields_skipped() {
+    let server = host_server(&fixture("host-cgroup-v2")).await;
+    // Field 1 holds an EntityId where LocalData's processID is a varint.
+    let wrong_type = pb::FetchEntityRequest {
+        id: Some(pb::EntityId {
+            prefix: "container_id".into(),
+            uid: DOCKER_ID.into(),
+        }),
+        cardinality: 0,
+    };
+    let status = call_with(&server, wrong_type).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    // Field 2 as a varint where ExternalData is a message.
+    let varint_for_message = pb::FetchEntityRequest {
+        id: None,
+        cardinality: pb::TagCardinality::High as i32,
+    };
+    let status = call_with(&server, varint_for_message).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    // Only field 5, which the request does not have: an empty request.
+    let unknown_field = pb::StreamTagsRequest {
+        streaming_id: "not an origin".into(),
+        ..pb::StreamTagsRequest::default()
+    };
+    assert_eq!(call_with(&server, unknown_field).await.unwrap(), "");
+    let mut client = raw_client(&server).await;
+    assert_eq!(
+        ask(&server, &mut client, go_request(50, 0, "", "", false)).await,
+        DOCKER_ID
+    );
+    assert_eq!(answered(&server), [("pid", 1), ("empty", 1)]);
     server.stop().await;
 }
 
