@@ -360,7 +360,7 @@ impl AgentSecure for TaggerService {
     }
 
     /// Every request past authentication gets an answer, empty when no
-    /// container is found (see [`super::origin`]).
+    /// container is found (see [`crate::server::OriginResolver`]).
     async fn tagger_generate_container_id_from_origin_info(
         &self,
         request: Request<pb::GenerateContainerIdFromOriginInfoRequest>,
