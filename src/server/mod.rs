@@ -53,10 +53,7 @@ pub use frames::{SnapshotChunk, SnapshotChunks};
 pub use health::HEALTH_SERVICE_NAMES;
 pub use host_source::CMDLINE_TAG_MAX_BYTES;
 pub use hub::StoreHandle;
-pub use origin::{
-    CACHE_CAPACITY as ORIGIN_CACHE_CAPACITY, FOUND_TTL as ORIGIN_FOUND_TTL,
-    NOT_FOUND_TTL as ORIGIN_NOT_FOUND_TTL, OriginResolver, OriginResult, container_in_cgroup_file,
-};
+pub use origin::{OriginResolver, OriginResult, container_in_cgroup_file};
 pub use service::{
     DEFAULT_FIRST_REQUEST_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_SNAPSHOTS,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_SUBSCRIPTIONS,

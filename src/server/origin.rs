@@ -49,15 +49,15 @@ use crate::origin::OriginInfo;
 
 /// How long a found container is cached: the Datadog Agent's remote tagger
 /// caches its answers for a minute.
-pub const FOUND_TTL: Duration = Duration::from_secs(60);
+pub(crate) const FOUND_TTL: Duration = Duration::from_secs(60);
 
 /// How long "no container" is cached: one host scan interval, the time a
 /// new container takes to reach the store, so a client asking too early
 /// soon gets its answer.
-pub const NOT_FOUND_TTL: Duration = Duration::from_secs(2);
+pub(crate) const NOT_FOUND_TTL: Duration = Duration::from_secs(2);
 
 /// Lookups cached at most; the soonest to expire goes first.
-pub const CACHE_CAPACITY: usize = 4096;
+pub(crate) const CACHE_CAPACITY: usize = 4096;
 
 /// The cgroup filesystem's index of containers is rebuilt when it is older
 /// than this (the Agent refreshes its cgroup reader as often).
