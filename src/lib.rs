@@ -46,6 +46,7 @@ pub mod fuzzing;
 pub mod harness;
 pub mod metrics;
 pub mod mirror;
+pub mod origin;
 mod prefetch;
 pub mod rng;
 pub mod server;

@@ -141,9 +141,7 @@ fn serving(home: &std::path::Path, entities: &str, extra: &[&str]) -> (Running, 
     let serve: &[&str] = &["serve", "--listen", "127.0.0.1:0", "--source", "workload"];
     let args = [serve, &["--workload-entities", entities], extra].concat();
     let mut serve = Running::start(ignoring_sigint(&mut command(home, &args)));
-    let line = serve.wait_for_stderr(" entities on ");
-    let (_, rest) = line.split_once(" entities on ").unwrap();
-    let address = rest.split_whitespace().next().unwrap().to_owned();
+    let address = serve.wait_for_listen_address();
     (serve, address)
 }
 

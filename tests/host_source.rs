@@ -6,11 +6,12 @@
 mod common;
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::children::Children;
+use common::host_fixtures::{copy_tree, fixture};
 use common::{TestServer, within};
 use remote_tagger::domain::{Entity, EntityId};
 use remote_tagger::server::{HostScanner, PROCESS_REFRESH_SCANS, ScanStats, Source, scan_host};
@@ -18,12 +19,6 @@ use remote_tagger::server::{HostScanner, PROCESS_REFRESH_SCANS, ScanStats, Sourc
 const DOCKER_ID: &str = "3f4a0e2b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f";
 const POD_CONTAINER_ID: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
 const POD_UID: &str = "1d3f2a9c-5b7e-4c1a-9f0e-2b6d8a4c3e1f";
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 fn entity(id: &str, low: &[&str], orchestrator: &[&str], high: &[&str]) -> Entity {
     let tags = |list: &[&str]| list.iter().map(|t| t.to_string()).collect();
@@ -405,20 +400,6 @@ fn a_fixture_root_is_read_whole_at_every_scan() {
         find(&entities, "process://1"),
         Some(&process(1, "init", "root", "/sbin/init", None))
     );
-}
-
-/// Copies a fixture tree, so a test can change it.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 #[tokio::test]

@@ -82,7 +82,7 @@ pub(super) async fn wait_whole_store(
 }
 
 /// A closed pipe (`remote-tagger list | head`) ends the output, not in error.
-fn quiet_on_broken_pipe(written: std::io::Result<()>) -> std::io::Result<()> {
+pub(super) fn quiet_on_broken_pipe(written: std::io::Result<()>) -> std::io::Result<()> {
     match written {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other,

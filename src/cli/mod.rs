@@ -6,6 +6,7 @@
 
 mod client_commands;
 mod flare;
+mod origin_command;
 mod server_commands;
 mod signals;
 mod terminal;
@@ -84,6 +85,8 @@ pub enum Command {
     Watch(WatchArgs),
     /// Ask the server for one entity's tags (TaggerFetchEntity).
     Get(GetArgs),
+    /// Ask the server which container a process, cgroup or pod container is, then its tags.
+    Origin(origin_command::OriginArgs),
     /// Build a diagnostic archive for support (mirror, metrics, configuration,
     /// version, recent logs) and optionally send it to Datadog.
     Flare(FlareArgs),
@@ -149,8 +152,10 @@ pub struct ServeArgs {
     )]
     pub source: Option<SourceKind>,
 
-    /// Host source: the directory holding the `proc` and `etc/passwd` to read
-    /// (a container's view of its host's root, mounted, works too).
+    /// Host source: the directory holding the `proc` and `etc/passwd` to read,
+    /// `var/log/containers` (the kubelet's links: container names) and
+    /// `sys/fs/cgroup` (origin requests by cgroup inode); a container's view
+    /// of its host's root, mounted, works too.
     #[arg(long, env = "REMOTE_TAGGER_HOST_ROOT", default_value = "/")]
     pub host_root: PathBuf,
 
@@ -656,7 +661,11 @@ impl ConnectArgs {
 /// Fails (one line) when the log file cannot be opened.
 pub fn init_logging(cli: &Cli) -> CliResult {
     let default_level = match cli.command {
-        Command::List(_) | Command::Watch(_) | Command::Get(_) | Command::Flare(_) => "error",
+        Command::List(_)
+        | Command::Watch(_)
+        | Command::Get(_)
+        | Command::Origin(_)
+        | Command::Flare(_) => "error",
         Command::Demo(_) => "warn",
         Command::Serve(_) => "info",
     };
@@ -765,6 +774,7 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::List(args) => Box::pin(client_commands::list(args)),
         Command::Watch(args) => Box::pin(client_commands::watch(args)),
         Command::Get(args) => Box::pin(client_commands::get(args)),
+        Command::Origin(args) => Box::pin(origin_command::origin(args)),
         Command::Flare(args) => Box::pin(flare::flare(args, &logging)),
     };
     tokio::select! {

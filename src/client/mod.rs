@@ -44,6 +44,7 @@ use crate::core::{ConnectError, ConnectionState, CoreConfig, Event, GrpcStatus, 
 use crate::defaults;
 use crate::domain::{Cardinality, EntityId};
 use crate::mirror::MirrorReader;
+use crate::origin::OriginInfo;
 use crate::proto::model::FetchEntityRequest;
 
 /// Everything the client needs to mirror one server: the core's
@@ -138,6 +139,9 @@ pub enum TargetProblem {
 
 /// A running remote tagger. Dropping it stops the driver too.
 pub struct RemoteTagger {
+    /// How [`Self::container_id_from_origin`] reaches the server: the
+    /// tagger's own configuration, server name and transport.
+    server: OneOff,
     mirror: MirrorReader,
     status: watch::Receiver<ClientStatus>,
     events: broadcast::Sender<Event>,
@@ -160,6 +164,11 @@ impl RemoteTagger {
         dialer: Arc<dyn Dialer>,
     ) -> Result<Self, ClientError> {
         let server_name = validate(&config)?;
+        let server = OneOff {
+            config: config.clone(),
+            server_name: server_name.clone(),
+            dialer: dialer.clone(),
+        };
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let driver = driver::Driver::new(config, server_name, dialer, events.clone(), shutdown_rx);
@@ -167,6 +176,7 @@ impl RemoteTagger {
         let status = driver.status();
         let task = tokio::spawn(driver.run());
         Ok(Self {
+            server,
             mirror,
             status,
             events,
@@ -208,6 +218,18 @@ impl RemoteTagger {
         self.status.borrow().state == ConnectionState::Synced
     }
 
+    /// The container `origin` belongs to, asked of the tagger's server
+    /// (`TaggerGenerateContainerIDFromOriginInfo`) on a connection of its
+    /// own, with the tagger's token, TLS settings and transport; `None` when
+    /// the server knows none. Not cached here: our server caches its
+    /// answers (found: 1 min), as the Agent's client does.
+    pub async fn container_id_from_origin(
+        &self,
+        origin: &OriginInfo,
+    ) -> Result<Option<String>, FetchError> {
+        self.server.container_id_from_origin(origin).await
+    }
+
     /// Stops the driver and waits for it; the mirror stays readable.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
@@ -228,23 +250,81 @@ pub async fn fetch_entity(
     id: &EntityId,
     cardinality: Cardinality,
 ) -> Result<Vec<String>, FetchError> {
-    let server_name = validate(config)?;
-    let (mut client, token) = transport::connect(config, &server_name, Arc::new(TcpDialer)).await?;
-    let request = FetchEntityRequest {
-        id: Some(id.to_proto()),
-        cardinality: cardinality.to_proto() as i32,
-    };
-    let request = transport::authorized(request, &token);
-    let response = client
-        .tagger_fetch_entity(request)
-        .await
-        .map_err(|status| match transport::open_error(&status) {
-            ConnectError::Refused(GrpcStatus { code, message }) => {
-                FetchError::Server { code, message }
-            }
-            other => FetchError::Connect(other),
-        })?;
-    Ok(response.into_inner().tags)
+    OneOff::tcp(config)?.fetch_entity(id, cardinality).await
+}
+
+/// Asks the server which container `origin` belongs to
+/// (`TaggerGenerateContainerIDFromOriginInfo`); `None` when it knows none.
+/// The request carries every field, zero for the unknown ones, as the
+/// Agent's own client sends it (see [`OriginInfo::to_proto`]). A running
+/// tagger asks the same with [`RemoteTagger::container_id_from_origin`].
+pub async fn container_id_from_origin(
+    config: &ClientConfig,
+    origin: &OriginInfo,
+) -> Result<Option<String>, FetchError> {
+    OneOff::tcp(config)?.container_id_from_origin(origin).await
+}
+
+/// One request on a connection of its own: what it needs to reach the
+/// server.
+struct OneOff {
+    config: ClientConfig,
+    server_name: ServerName<'static>,
+    dialer: Arc<dyn Dialer>,
+}
+
+impl OneOff {
+    /// Over TCP, once `config` is checked.
+    fn tcp(config: &ClientConfig) -> Result<Self, ClientError> {
+        Ok(Self {
+            server_name: validate(config)?,
+            config: config.clone(),
+            dialer: Arc::new(TcpDialer),
+        })
+    }
+
+    async fn fetch_entity(
+        &self,
+        id: &EntityId,
+        cardinality: Cardinality,
+    ) -> Result<Vec<String>, FetchError> {
+        let (mut client, token) =
+            transport::connect(&self.config, &self.server_name, self.dialer.clone()).await?;
+        let request = FetchEntityRequest {
+            id: Some(id.to_proto()),
+            cardinality: cardinality.to_proto() as i32,
+        };
+        let request = transport::authorized(request, &token);
+        let response = client
+            .tagger_fetch_entity(request)
+            .await
+            .map_err(request_error)?;
+        Ok(response.into_inner().tags)
+    }
+
+    async fn container_id_from_origin(
+        &self,
+        origin: &OriginInfo,
+    ) -> Result<Option<String>, FetchError> {
+        let (mut client, token) =
+            transport::connect(&self.config, &self.server_name, self.dialer.clone()).await?;
+        let request = transport::authorized(origin.to_proto(), &token);
+        let response = client
+            .tagger_generate_container_id_from_origin_info(request)
+            .await
+            .map_err(request_error)?;
+        let container_id = response.into_inner().container_id;
+        Ok((!container_id.is_empty()).then_some(container_id))
+    }
+}
+
+/// A one-off request's error status: the server's refusal, or a broken
+/// connection.
+fn request_error(status: tonic::Status) -> FetchError {
+    match transport::open_error(&status) {
+        ConnectError::Refused(GrpcStatus { code, message }) => FetchError::Server { code, message },
+        other => FetchError::Connect(other),
+    }
 }
 
 /// Why a one-off request failed.

@@ -2,6 +2,8 @@
 //! and the `--entities` file parser.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -13,10 +15,16 @@ use tonic::{Code, Request, Status};
 use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, KNOWN_PREFIXES, diff_entities};
 use crate::harness::{harness_entity, harness_id};
 use crate::proto::encoded::agent_secure_server::AgentSecure;
-use crate::proto::model::{self as pb, FetchEntityRequest, StreamTagsRequest, StreamTagsResponse};
+use crate::proto::model::generate_container_id_from_origin_info_request::{
+    ExternalData as WireExternal, LocalData as WireLocal,
+};
+use crate::proto::model::{
+    self as pb, FetchEntityRequest, GenerateContainerIdFromOriginInfoRequest as OriginRequest,
+    StreamTagsRequest, StreamTagsResponse,
+};
 use crate::server::{
-    Authenticator, Epoch, PrefixFilter, ServiceConfig, Store, StoreHandle, TaggerService,
-    parse_entities_file, read_entities_file, write_entities_file,
+    Authenticator, Epoch, OriginResolver, PrefixFilter, ServiceConfig, Store, StoreHandle,
+    TaggerService, parse_entities_file, read_entities_file, write_entities_file,
 };
 
 /// The token the service under test accepts.
@@ -109,6 +117,191 @@ enum Call {
     /// handler (what it refuses, tonic answers before any handler runs).
     StreamBytes(Vec<u8>),
     FetchBytes(Vec<u8>),
+    /// An origin request with any of its fields (a Go client sends them all).
+    Origin {
+        local: Option<OriginLocal>,
+        external: Option<OriginExternal>,
+    },
+    OriginBytes(Vec<u8>),
+}
+
+/// The fixture host the origin requests are resolved on (the host source's
+/// cgroup v2 fixture), and what it holds: processes and cgroup directories
+/// of its two containers.
+const ORIGIN_HOST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/host-cgroup-v2");
+const DOCKER_ID: &str = "3f4a0e2b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f";
+const POD_CONTAINER_ID: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+/// Its processes: in a container, at the root cgroup, with a malformed
+/// cgroup line, without a status line, and no such process.
+const ORIGIN_PIDS: [(u32, &str); 7] = [
+    (50, DOCKER_ID),
+    (60, POD_CONTAINER_ID),
+    (61, POD_CONTAINER_ID),
+    (1, ""),
+    (70, ""),
+    (80, ""),
+    (4242, ""),
+];
+/// Its cgroup directories, from `sys/fs/cgroup`.
+const ORIGIN_CGROUPS: [(&str, &str); 4] = [
+    (
+        "system.slice/docker-3f4a0e2b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f.scope",
+        DOCKER_ID,
+    ),
+    (
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1d3f2a9c_5b7e_4c1a_9f0e_2b6d8a4c3e1f.slice/cri-containerd-a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90.scope",
+        POD_CONTAINER_ID,
+    ),
+    ("system.slice/docker.service", ""),
+    ("init.scope", ""),
+];
+/// A pod and its container put in the store for origin requests (harness
+/// entities never carry these tags), and the container's name.
+const ORIGIN_POD_UID: &str = "fuzz-pod";
+const ORIGIN_CONTAINER_ID: &str = "fuzz-container";
+const ORIGIN_CONTAINER_NAME: &str = "app";
+
+/// The inode of each of [`ORIGIN_CGROUPS`], and the container it is.
+fn origin_inodes() -> &'static [(u64, &'static str)] {
+    static INODES: OnceLock<Vec<(u64, &'static str)>> = OnceLock::new();
+    INODES.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt as _;
+        let cgroups = Path::new(ORIGIN_HOST).join("sys/fs/cgroup");
+        ORIGIN_CGROUPS
+            .iter()
+            .map(|(path, id)| {
+                let dir: PathBuf = cgroups.join(path);
+                let inode = std::fs::metadata(&dir)
+                    .unwrap_or_else(|e| panic!("the fixture's {}: {e}", dir.display()))
+                    .ino();
+                (inode, *id)
+            })
+            .collect()
+    })
+}
+
+#[derive(Debug, Arbitrary)]
+struct OriginLocal {
+    pid: Option<Choice<u32>>,
+    container_id: Option<String>,
+    inode: Option<Choice<u64>>,
+    pod_uid: Option<String>,
+}
+
+#[derive(Debug, Arbitrary)]
+struct OriginExternal {
+    init: Option<bool>,
+    container_name: Option<Choice<String>>,
+    pod_uid: Option<Choice<String>>,
+}
+
+/// One of the fixture's values (by index), or any.
+#[derive(Debug, Arbitrary)]
+enum Choice<T> {
+    Fixture(u8),
+    Any(T),
+}
+
+impl Choice<u32> {
+    fn pid(&self) -> u32 {
+        match self {
+            Self::Fixture(i) => ORIGIN_PIDS[usize::from(*i) % ORIGIN_PIDS.len()].0,
+            Self::Any(pid) => *pid,
+        }
+    }
+}
+
+impl Choice<u64> {
+    fn inode(&self) -> u64 {
+        let inodes = origin_inodes();
+        match self {
+            Self::Fixture(i) => inodes[usize::from(*i) % inodes.len()].0,
+            Self::Any(inode) => *inode,
+        }
+    }
+}
+
+impl Choice<String> {
+    fn text(&self, fixture: &[&str]) -> String {
+        match self {
+            Self::Fixture(i) => fixture[usize::from(*i) % fixture.len()].to_owned(),
+            Self::Any(text) => text.clone(),
+        }
+    }
+}
+
+/// The request of a [`Call::Origin`].
+fn origin_request(local: &Option<OriginLocal>, external: &Option<OriginExternal>) -> OriginRequest {
+    OriginRequest {
+        local_data: local.as_ref().map(|local| WireLocal {
+            process_id: local.pid.as_ref().map(Choice::pid),
+            container_id: local.container_id.clone(),
+            inode: local.inode.as_ref().map(Choice::inode),
+            pod_uid: local.pod_uid.clone(),
+        }),
+        external_data: external.as_ref().map(|external| WireExternal {
+            init: external.init,
+            container_name: external
+                .container_name
+                .as_ref()
+                .map(|name| name.text(&[ORIGIN_CONTAINER_NAME, "sidecar", ""])),
+            pod_uid: external
+                .pod_uid
+                .as_ref()
+                .map(|pod| pod.text(&[ORIGIN_POD_UID, "other-pod", ""])),
+        }),
+    }
+}
+
+/// What the spec says the server answers `request` on the origin fixture:
+/// the container it names; else, in the Agent's order, the container of
+/// its PID, of its cgroup inode, of its pod UID and container name (both
+/// given); else none. Zero values and empty strings are unknown.
+fn expected_origin(request: &OriginRequest) -> String {
+    let local = request.local_data.clone().unwrap_or_default();
+    let external = request.external_data.clone().unwrap_or_default();
+    if let Some(id) = local.container_id.filter(|id| !id.is_empty()) {
+        return id;
+    }
+    let by_pid = local.process_id.and_then(|pid| {
+        ORIGIN_PIDS
+            .iter()
+            .find(|(known, id)| *known == pid && !id.is_empty())
+    });
+    if let Some((_, id)) = by_pid {
+        return (*id).to_owned();
+    }
+    let by_inode = local.inode.and_then(|inode| {
+        origin_inodes()
+            .iter()
+            .find(|(known, id)| *known == inode && !id.is_empty())
+    });
+    if let Some((_, id)) = by_inode {
+        return (*id).to_owned();
+    }
+    let in_pod = external.pod_uid.as_deref() == Some(ORIGIN_POD_UID)
+        && external.container_name.as_deref() == Some(ORIGIN_CONTAINER_NAME);
+    if in_pod {
+        return ORIGIN_CONTAINER_ID.to_owned();
+    }
+    String::new()
+}
+
+/// The pod and container [`expected_origin`] finds by name.
+fn origin_pod_entities() -> [EntityEvent; 2] {
+    let pod = EntityId::new("kubernetes_pod_uid", ORIGIN_POD_UID).expect("a valid id");
+    let mut container =
+        Entity::new(EntityId::new("container_id", ORIGIN_CONTAINER_ID).expect("a valid id"));
+    container
+        .orchestrator
+        .push(format!("pod_uid:{ORIGIN_POD_UID}"));
+    container
+        .low
+        .push(format!("kube_container_name:{ORIGIN_CONTAINER_NAME}"));
+    [
+        EntityEvent::Added(Entity::new(pod)),
+        EntityEvent::Added(container),
+    ]
 }
 
 #[derive(Debug, Arbitrary)]
@@ -177,7 +370,8 @@ impl FetchId {
 /// Checks the spec's status codes (UNAUTHENTICATED without the token,
 /// INVALID_ARGUMENT for a bad cardinality or a fetch without id, OK with
 /// empty tags for an unknown entity, RESOURCE_EXHAUSTED for an evicted
-/// subscriber, UNAVAILABLE at shutdown), that a stream's first responses
+/// subscriber, UNAVAILABLE at shutdown, OK for every origin request, with
+/// the container the fixture host and the store say), that a stream's first responses
 /// come at once and bring a client exactly to the store's state (a complete
 /// snapshot, or a resume replaying the right changes), within the chunk
 /// budget, and that live changes keep it there.
@@ -263,7 +457,8 @@ impl ServerScenario {
             ..ServiceConfig::default()
         };
         let auth = Authenticator::fixed(TOKEN).expect("a valid token");
-        let service = TaggerService::new(handle.clone(), auth, config);
+        let origins = OriginResolver::host(ORIGIN_HOST);
+        let service = TaggerService::with_origins(handle.clone(), auth, config, origins);
         let call = Caller {
             service: &service,
             handle: &handle,
@@ -307,6 +502,16 @@ impl ServerScenario {
                     call.fetch(request, &reference).await;
                 }
             }
+            Call::Origin { local, external } => {
+                handle.apply(origin_pod_entities());
+                call.origin(origin_request(local, external)).await;
+            }
+            Call::OriginBytes(bytes) => {
+                if let Ok(request) = OriginRequest::decode(bytes.as_slice()) {
+                    handle.apply(origin_pod_entities());
+                    call.origin(request).await;
+                }
+            }
         }
     }
 }
@@ -330,6 +535,28 @@ fn assert_invalid_cardinality<T: std::fmt::Debug>(result: &Result<T, Status>, va
 }
 
 impl Caller<'_> {
+    /// Whatever the request, past authentication: OK with the spec's answer.
+    async fn origin(&self, request: OriginRequest) {
+        let expected = expected_origin(&request);
+        let mut call = Request::new(request.clone());
+        self.credentials.attach(&mut call);
+        let result = self
+            .service
+            .tagger_generate_container_id_from_origin_info(call)
+            .await;
+        if !self.credentials.check(&result) {
+            return;
+        }
+        match result {
+            Ok(response) => assert_eq!(
+                response.into_inner().container_id,
+                expected,
+                "origin answer to {request:?}"
+            ),
+            Err(status) => panic!("origin request {request:?} failed: {status:?}"),
+        }
+    }
+
     async fn fetch(&self, request: FetchEntityRequest, reference: &Reference) {
         let expected = request.clone();
         let mut call = Request::new(request);

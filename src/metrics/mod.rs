@@ -43,7 +43,7 @@ use crate::client::{ClientStatus, RemoteTagger};
 use crate::core::ConnectionState;
 use crate::domain::Cardinality;
 use crate::mirror::MirrorReader;
-use crate::server::StoreHandle;
+use crate::server::{OriginResult, StoreHandle};
 
 /// The `Content-Type` of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -322,6 +322,24 @@ impl Collector for ServerCollector {
             "tagger_server_source_skipped",
             "Host-source items skipped (a process that vanished mid-read, an unreadable or malformed file).",
             stats.source_skipped,
+        )?;
+        family(
+            e,
+            "tagger_server_origin_requests",
+            "Origin requests (TaggerGenerateContainerIDFromOriginInfo), by how they were answered: container_id (named in the request), pid, inode, external_data (found through it), not_found, empty (nothing to look up), unsupported (the source knows no host).",
+            MetricType::Counter,
+            OriginResult::ALL.into_iter().map(|result| {
+                (
+                    [("result", result.as_str())],
+                    stats.origin_requests.get(result),
+                )
+            }),
+        )?;
+        counter(
+            e,
+            "tagger_server_origin_cache_hits",
+            "Origin requests answered from the cache (counted in tagger_server_origin_requests too).",
+            stats.origin_cache_hits,
         )?;
         gauge(
             e,

@@ -1,6 +1,8 @@
 //! The tagger server: serves `datadog.api.v1.AgentSecure`'s
 //! `TaggerStreamEntities` and `TaggerFetchEntity` to Datadog remote taggers
-//! and to this project's client (see `shared/wire-spec.md`, sections 3-5).
+//! and to this project's client (see `shared/wire-spec.md`, sections 3-5),
+//! and `TaggerGenerateContainerIDFromOriginInfo` from the host source's
+//! data (see [`OriginResolver`]).
 //!
 //! Layers, from the bottom:
 //! - [`Store`]: the pure, synchronous entity store (revisions, change log,
@@ -23,6 +25,7 @@ mod frames;
 mod health;
 mod host_source;
 mod hub;
+mod origin;
 mod relay_source;
 pub(crate) mod secret_file;
 mod service;
@@ -50,13 +53,14 @@ pub use frames::{SnapshotChunk, SnapshotChunks};
 pub use health::HEALTH_SERVICE_NAMES;
 pub use host_source::CMDLINE_TAG_MAX_BYTES;
 pub use hub::StoreHandle;
+pub use origin::{OriginResolver, OriginResult, container_in_cgroup_file};
 pub use service::{
     DEFAULT_FIRST_REQUEST_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_SNAPSHOTS,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_SUBSCRIPTIONS,
     DEFAULT_MAX_TLS_HANDSHAKES, DEFAULT_MAX_UNAUTHENTICATED_REQUESTS, DEFAULT_SEND_TIMEOUT,
     DEFAULT_SHUTDOWN_GRACE, DEFAULT_SUBSCRIBER_BUFFER, ServiceConfig, TaggerService,
 };
-pub use stats::{EventsByCardinality, ServerStats};
+pub use stats::{EventsByCardinality, OriginRequests, ServerStats};
 pub use store::{Change, Epoch, PrefixFilter, Snapshot, Store, StoredEntity};
 pub use tls::{CertFileError, GENERATED_CERT_NAMES, PemProblem, TlsIdentity};
 /// The parts that only the tests, benches and fuzzers call on their own.
@@ -476,6 +480,12 @@ impl Server {
         };
         let epoch = Epoch::random().map_err(ServeError::Randomness)?;
         let store = StoreHandle::new(Store::new(epoch, config.change_log_capacity));
+        let origins = match &config.source {
+            Source::Workload { .. } => OriginResolver::unsupported("workload"),
+            Source::EntitiesFile(_) => OriginResolver::unsupported("entities file"),
+            Source::Host { root, .. } => OriginResolver::host(root.clone()),
+            Source::Upstream(_) => OriginResolver::unsupported("relay"),
+        };
         let (source, initial) = match config.source {
             Source::Workload {
                 entities,
@@ -526,7 +536,7 @@ impl Server {
         Ok(Self {
             listener,
             local_addr,
-            service: TaggerService::new(store, auth, config.service),
+            service: TaggerService::with_origins(store, auth, config.service, origins),
             security,
             source,
         })

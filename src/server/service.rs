@@ -1,5 +1,6 @@
-//! The gRPC service: `TaggerStreamEntities` and `TaggerFetchEntity` of
-//! `datadog.api.v1.AgentSecure`, over a [`StoreHandle`].
+//! The gRPC service: `TaggerStreamEntities`, `TaggerFetchEntity` and
+//! `TaggerGenerateContainerIDFromOriginInfo` of `datadog.api.v1.AgentSecure`,
+//! over a [`StoreHandle`] (origins: see [`super::origin`]).
 //!
 //! Each stream runs in its own task that writes into a one-slot channel
 //! tonic reads from; a send that cannot be queued within the send timeout
@@ -36,10 +37,12 @@ use super::auth::Authenticator;
 use super::connections::Admission;
 use super::frames::{self, ChangeBatch, Framer, SnapshotResponses};
 use super::hub::{ResumeRefused, Stop, StoreHandle};
+use super::origin::OriginResolver;
 use super::stats::{GaugeGuard, Telemetry, increment};
 use super::store::PrefixFilter;
 use crate::defaults;
 use crate::domain::{Cardinality, EntityId};
+use crate::origin::OriginInfo;
 use crate::proto::encoded::EncodedStreamTagsResponse;
 use crate::proto::encoded::agent_secure_server::{AgentSecure, AgentSecureServer};
 use crate::proto::model as pb;
@@ -147,10 +150,28 @@ struct Inner {
     snapshot_slots: Semaphore,
     /// One permit per stream that may be open ([`ServiceConfig::max_subscriptions`]).
     subscriptions: Arc<Semaphore>,
+    origins: OriginResolver,
 }
 
 impl TaggerService {
+    /// A service whose store comes from no host: origin requests get no
+    /// container (see [`Self::with_origins`]).
     pub fn new(store: StoreHandle, auth: Authenticator, config: ServiceConfig) -> Self {
+        Self::with_origins(
+            store,
+            auth,
+            config,
+            OriginResolver::unsupported("in-process"),
+        )
+    }
+
+    /// A service that answers origin requests with `origins`.
+    pub fn with_origins(
+        store: StoreHandle,
+        auth: Authenticator,
+        config: ServiceConfig,
+        origins: OriginResolver,
+    ) -> Self {
         let slots = config.max_concurrent_snapshots.max(1);
         let subscriptions = config.max_subscriptions.max(1);
         Self {
@@ -160,6 +181,7 @@ impl TaggerService {
                 config,
                 snapshot_slots: Semaphore::new(slots),
                 subscriptions: Arc::new(Semaphore::new(subscriptions)),
+                origins,
             }),
         }
     }
@@ -335,6 +357,20 @@ impl AgentSecure for TaggerService {
             cardinality: request.cardinality,
             tags,
         }))
+    }
+
+    /// Every request past authentication gets an answer, empty when no
+    /// container is found (see [`crate::server::OriginResolver`]).
+    async fn tagger_generate_container_id_from_origin_info(
+        &self,
+        request: Request<pb::GenerateContainerIdFromOriginInfoRequest>,
+    ) -> Result<Response<pb::GenerateContainerIdFromOriginInfoResponse>, Status> {
+        self.authenticate(&request).await?;
+        let origin = OriginInfo::from_proto(request.get_ref());
+        let container_id = self.inner.origins.answer(&origin, &self.inner.store).await;
+        Ok(Response::new(
+            pb::GenerateContainerIdFromOriginInfoResponse { container_id },
+        ))
     }
 }
 

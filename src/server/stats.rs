@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use super::origin::OriginResult;
 use crate::domain::Cardinality;
 
 /// A point-in-time copy of the server's counters and gauges.
@@ -46,6 +47,11 @@ pub struct ServerStats {
     /// Items a source skipped (the host source: processes that exited
     /// mid-read, unreadable files, malformed lines), summed over its scans.
     pub source_skipped: u64,
+    /// `tagger_server_origin_requests{result}`: origin requests
+    /// (`TaggerGenerateContainerIDFromOriginInfo`), by how they were answered.
+    pub origin_requests: OriginRequests,
+    /// Of `origin_requests`, those answered from the cache.
+    pub origin_cache_hits: u64,
     /// Relay only (`serve --upstream`): the upstream stream is open. While
     /// it is not, the last mirrored state keeps being served.
     pub upstream_connected: bool,
@@ -78,6 +84,17 @@ impl EventsByCardinality {
     }
 }
 
+/// Origin requests answered, one counter per [`OriginResult`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OriginRequests([u64; OriginResult::ALL.len()]);
+
+impl OriginRequests {
+    /// The requests answered with `result`.
+    pub fn get(&self, result: OriginResult) -> u64 {
+        self.0[result.index()]
+    }
+}
+
 /// The live counters behind [`ServerStats`].
 #[derive(Debug, Default)]
 pub(crate) struct Telemetry {
@@ -97,6 +114,8 @@ pub(crate) struct Telemetry {
     pub requests_refused: AtomicU64,
     pub source_errors: AtomicU64,
     pub source_skipped: AtomicU64,
+    pub origin_requests: [AtomicU64; OriginResult::ALL.len()],
+    pub origin_cache_hits: AtomicU64,
     pub upstream_connected: AtomicBool,
     pub upstream_synced: AtomicBool,
 }
@@ -144,6 +163,8 @@ impl Telemetry {
             requests_refused: get(&self.requests_refused),
             source_errors: get(&self.source_errors),
             source_skipped: get(&self.source_skipped),
+            origin_requests: OriginRequests(self.origin_requests.each_ref().map(get)),
+            origin_cache_hits: get(&self.origin_cache_hits),
             upstream_connected: self.upstream_connected.load(Ordering::Relaxed),
             upstream_synced: self.upstream_synced.load(Ordering::Relaxed),
             store_revision: store.revision(),

@@ -116,6 +116,14 @@ impl Running {
         self.stderr.wait_for(needle, "stderr")
     }
 
+    /// Reads a `serve`'s stderr up to its "N entities on ADDRESS" line: the
+    /// address it listens on.
+    pub fn wait_for_listen_address(&mut self) -> String {
+        let line = self.wait_for_stderr(" entities on ");
+        let (_, rest) = line.split_once(" entities on ").unwrap();
+        rest.split_whitespace().next().unwrap().to_owned()
+    }
+
     /// Reads stdout up to the first line containing `needle`.
     pub fn wait_for_stdout(&mut self, needle: &str) -> String {
         self.stdout.wait_for(needle, "stdout")

@@ -6,6 +6,7 @@ pub mod agent_tls;
 pub mod binary;
 pub mod children;
 pub mod datadog_client;
+pub mod host_fixtures;
 pub mod plain_datadog;
 pub mod raw_h2;
 

@@ -231,4 +231,38 @@ impl AgentSecure for Service {
             tags,
         }))
     }
+
+    /// As the Agent's handler: every field of the request dereferenced (a
+    /// request leaving one out crashes the Agent; here INTERNAL says which),
+    /// an explicit container ID answered, and anything else, which this
+    /// server cannot resolve, INVALID_ARGUMENT as the Agent answers it.
+    async fn tagger_generate_container_id_from_origin_info(
+        &self,
+        request: Request<pb::GenerateContainerIdFromOriginInfoRequest>,
+    ) -> Result<Response<pb::GenerateContainerIdFromOriginInfoResponse>, Status> {
+        self.authenticate(&request)?;
+        let request = request.into_inner();
+        let nil = |field: &str| Status::internal(format!("nil pointer dereference: {field}"));
+        let local = request.local_data.ok_or_else(|| nil("LocalData"))?;
+        let external = request.external_data.ok_or_else(|| nil("ExternalData"))?;
+        local.process_id.ok_or_else(|| nil("LocalData.ProcessID"))?;
+        local.inode.ok_or_else(|| nil("LocalData.Inode"))?;
+        local.pod_uid.ok_or_else(|| nil("LocalData.PodUID"))?;
+        external.init.ok_or_else(|| nil("ExternalData.Init"))?;
+        external
+            .container_name
+            .ok_or_else(|| nil("ExternalData.ContainerName"))?;
+        external.pod_uid.ok_or_else(|| nil("ExternalData.PodUID"))?;
+        let container_id = local
+            .container_id
+            .ok_or_else(|| nil("LocalData.ContainerID"))?;
+        if container_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "unable to resolve container ID from OriginInfo",
+            ));
+        }
+        Ok(Response::new(
+            pb::GenerateContainerIdFromOriginInfoResponse { container_id },
+        ))
+    }
 }

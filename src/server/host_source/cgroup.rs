@@ -1,7 +1,8 @@
 //! Parsing `/proc/PID/cgroup`: the container, runtime and pod a process runs
 //! in, found in its cgroup paths the way the Datadog Agent's container
 //! collector finds them (no container runtime API needed). Pure: text in,
-//! what it names out; [`parse`] is the entry point.
+//! what it names out; [`parse`] is the entry point for a cgroup file,
+//! [`container_in_path`] for one cgroup's path.
 
 /// Container ids in cgroup paths are 64 lowercase hex digits.
 const CONTAINER_ID_LEN: usize = 64;
@@ -80,7 +81,7 @@ pub(crate) fn parse(cgroup_file: &str) -> CgroupFile {
 /// - Kubernetes, cgroupfs driver: `/kubepods/<qos>/pod<uid>/<id>`
 /// - Kubernetes, systemd driver:
 ///   `/kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid_with_underscores>.slice/<runtime>-<id>.scope`
-fn container_in_path(path: &str) -> Option<ContainerRef> {
+pub(crate) fn container_in_path(path: &str) -> Option<ContainerRef> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (position, id, runtime) =
         segments
@@ -125,7 +126,8 @@ fn container_segment<'a>(
     })
 }
 
-fn is_container_id(text: &str) -> bool {
+/// Whether `text` is a container id: 64 hex digits.
+pub(crate) fn is_container_id(text: &str) -> bool {
     text.len() == CONTAINER_ID_LEN && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 

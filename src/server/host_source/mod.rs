@@ -15,9 +15,11 @@
 //!
 //! Its parts: [`scanner`] (what one scan reads and remembers), [`procfs`]
 //! (the `/proc` files), [`cgroup`] (the container a cgroup file names; pure,
-//! for whoever else needs to tell a process's container) and [`pidfd`].
+//! for whoever else needs to tell a process's container), [`kubelet`] (the
+//! containers' names in their pod specs) and [`pidfd`].
 
 pub(crate) mod cgroup;
+mod kubelet;
 mod pidfd;
 mod procfs;
 mod scanner;
@@ -33,6 +35,7 @@ use crate::domain::{Entity, EntityEvent, EntityId, diff_entities};
 
 pub use procfs::CMDLINE_TAG_MAX_BYTES;
 pub use scanner::{HostScanner, ScanStats};
+pub(crate) use scanner::{KUBE_CONTAINER_NAME_TAG, POD_UID_TAG};
 #[cfg(feature = "test-kit")]
 pub use scanner::{PROCESS_REFRESH_SCANS, scan};
 

@@ -7,9 +7,17 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::cgroup::ContainerRef;
+use super::kubelet;
 use super::pidfd::{self, Pidfd};
 use super::procfs::{ESRCH, ProcessReader, Skip, list_pids, proc_is_ours, read_hostname};
 use crate::domain::{Entity, EntityId};
+
+/// The tag naming a container by its name in the pod spec, as the Agent
+/// names it.
+pub(crate) const KUBE_CONTAINER_NAME_TAG: &str = "kube_container_name:";
+
+/// The tag naming the pod of a container (and the pod itself).
+pub(crate) const POD_UID_TAG: &str = "pod_uid:";
 
 /// A process that keeps its pid is re-read at least once in this many scans
 /// of a [`HostScanner`] of `/`, so a change it makes without a new pid (an
@@ -126,7 +134,8 @@ impl HostScanner {
 
     /// Every process of `root/proc`, the containers and pods their cgroups
     /// name, and the host. User names come from `root/etc/passwd` (the
-    /// numeric uid when absent). Entities are sorted by id.
+    /// numeric uid when absent), container names from the kubelet's log
+    /// links under `root/var/log/containers`. Entities are sorted by id.
     pub fn scan(&mut self) -> (Vec<Entity>, ScanStats) {
         self.scans += 1;
         let mut stats = ScanStats::default();
@@ -164,8 +173,10 @@ impl HostScanner {
                 Err(Skip::Malformed) => stats.malformed += 1,
             }
         }
+        let names = kubelet::container_names(&self.root);
         for container in containers.values() {
-            for entity in container_entities(container) {
+            let name = names.get(&container.id).map(String::as_str);
+            for entity in container_entities(container, name) {
                 if entity.id.prefix() == "container_id" {
                     stats.containers += 1;
                 } else if !entities.contains_key(&entity.id) {
@@ -307,8 +318,10 @@ fn due_for_refresh(known: impl Iterator<Item = (u32, u64)>, scan: u64) -> HashSe
         .collect()
 }
 
-/// The container's entity, and its pod's when the path named one.
-fn container_entities(container: &ContainerRef) -> Vec<Entity> {
+/// The container's entity, and its pod's when the path named one. `name`
+/// is its name in the pod spec (the Agent's `kube_container_name` tag),
+/// when the kubelet's log links tell it.
+fn container_entities(container: &ContainerRef, name: Option<&str>) -> Vec<Entity> {
     let Ok(id) = EntityId::new("container_id", &container.id) else {
         return Vec::new();
     };
@@ -316,10 +329,13 @@ fn container_entities(container: &ContainerRef) -> Vec<Entity> {
     if let Some(runtime) = container.runtime {
         entity.low.push(format!("runtime:{}", runtime.as_str()));
     }
+    if let Some(name) = name {
+        entity.low.push(format!("{KUBE_CONTAINER_NAME_TAG}{name}"));
+    }
     entity.high.push(format!("container_id:{}", container.id));
     let mut entities = Vec::with_capacity(2);
     if let Some(uid) = &container.pod_uid {
-        let pod_tag = format!("pod_uid:{uid}");
+        let pod_tag = format!("{POD_UID_TAG}{uid}");
         entity.orchestrator.push(pod_tag.clone());
         if let Ok(pod_id) = EntityId::new("kubernetes_pod_uid", uid) {
             let mut pod = Entity::new(pod_id);
