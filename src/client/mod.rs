@@ -2,10 +2,12 @@
 //! by a tokio/tonic driver, with the mirror's queries, a sync signal and a
 //! stream of changes.
 //!
+//! Against a Datadog Agent (not run here: it needs one; the crate docs'
+//! example runs against a server of its own):
+//!
 //! ```no_run
-//! # async fn demo() -> Result<(), remote_tagger::client::ClientError> {
-//! use remote_tagger::client::{ClientConfig, RemoteTagger, TlsSettings};
-//! use remote_tagger::domain::Cardinality;
+//! # async fn demo() -> Result<(), remote_tagger::ClientError> {
+//! use remote_tagger::{Cardinality, ClientConfig, RemoteTagger, TlsSettings};
 //!
 //! let config = ClientConfig::new(
 //!     "127.0.0.1:5001",
