@@ -341,12 +341,16 @@ fn read_crate(files: &BTreeMap<ModPath, (String, String)>) -> Crate {
 /// The file module that defines what `path` names: the longest file module
 /// it starts with, followed through that module's `use` re-exports.
 fn defining_module(krate: &Crate, path: &[String]) -> ModPath {
-    let mut path = path.to_vec();
-    for _ in 0..8 {
-        let module_len = (0..=path.len())
+    let module_of = |path: &[String]| -> usize {
+        (0..=path.len())
             .rev()
             .find(|&n| krate.contains_key(&path[..n]))
-            .unwrap_or(0);
+            .unwrap_or(0)
+    };
+    let mut path = path.to_vec();
+    // A few hops at most; a re-export cycle (which rustc refuses) ends here.
+    for _ in 0..8 {
+        let module_len = module_of(&path);
         let module = &krate[&path[..module_len]];
         match path.get(module_len).and_then(|name| module.uses.get(name)) {
             Some(target) if target.as_slice() != path.as_slice() => {
@@ -354,10 +358,10 @@ fn defining_module(krate: &Crate, path: &[String]) -> ModPath {
                 next.extend(path[module_len + 1..].iter().cloned());
                 path = next;
             }
-            _ => return path[..module_len].to_vec(),
+            _ => break,
         }
     }
-    path
+    path[..module_of(&path)].to_vec()
 }
 
 /// Every pair of files of `krate` that reach each other, neither an

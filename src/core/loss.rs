@@ -17,41 +17,41 @@ use std::time::Duration;
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StatusCode {
-    /// Not an error (0); a stream that ends with it ended normally.
+    /// 0: not an error; a stream that ends with it ended normally.
     Ok,
-    /// The call was cancelled, usually by the caller (1).
+    /// 1: the call was cancelled, usually by the caller.
     Cancelled,
-    /// An error the server could not classify (2).
+    /// 2: an error the server could not classify.
     Unknown,
-    /// The request was malformed (3).
+    /// 3: the request was malformed.
     InvalidArgument,
-    /// The deadline passed before the call completed (4).
+    /// 4: the deadline passed before the call completed.
     DeadlineExceeded,
-    /// What the call names does not exist (5).
+    /// 5: what the call names does not exist.
     NotFound,
-    /// What the call would create exists already (6).
+    /// 6: what the call would create exists already.
     AlreadyExists,
-    /// The caller may not do this (7).
+    /// 7: the caller may not do this.
     PermissionDenied,
-    /// A limit was reached: memory, streams, or a client too slow to keep up
-    /// (8).
+    /// 8: a limit was reached (memory, streams, or a client too slow to keep
+    /// up).
     ResourceExhausted,
-    /// The server is not in a state to do this (9).
+    /// 9: the server is not in a state to do this.
     FailedPrecondition,
-    /// Aborted by a concurrent operation (10).
+    /// 10: aborted by a concurrent operation.
     Aborted,
-    /// An argument outside its valid range (11).
+    /// 11: an argument outside its valid range.
     OutOfRange,
-    /// The server does not implement this method (12).
+    /// 12: the server does not implement this method.
     Unimplemented,
-    /// A server-side invariant broke (13).
+    /// 13: a server-side invariant broke.
     Internal,
-    /// The service is unavailable for now, e.g. shutting down: retry later
-    /// (14).
+    /// 14: the service is unavailable for now (e.g. shutting down): retry
+    /// later.
     Unavailable,
-    /// Data was lost or corrupted (15).
+    /// 15: data was lost or corrupted.
     DataLoss,
-    /// The request's credentials were missing or refused: the token (16).
+    /// 16: the request's credentials were missing or refused: the token.
     Unauthenticated,
 }
 
