@@ -15,10 +15,8 @@
 use std::error::Error;
 use std::time::Duration;
 
-use remote_tagger::client::{ClientConfig, RemoteTagger, TlsSettings};
-use remote_tagger::core::Event;
 use remote_tagger::defaults;
-use remote_tagger::domain::Cardinality;
+use remote_tagger::{Cardinality, ClientConfig, Event, RemoteTagger, TlsSettings};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {

@@ -75,17 +75,33 @@ pub struct AgentEndpoint {
 
 /// Why the Agent's configuration gave no endpoint. Each is one line naming
 /// the file or variable, and the key.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DatadogConfigError {
+    /// The config file could not be read.
     #[error("cannot read the Datadog Agent config {}: {reason}", .path.display())]
-    Unreadable { path: PathBuf, reason: String },
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The system's message.
+        reason: String,
+    },
+    /// The config file is not YAML.
     #[error("the Datadog Agent config {} is not valid YAML: {reason}", .path.display())]
-    Malformed { path: PathBuf, reason: String },
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// The YAML parser's message, with the position.
+        reason: String,
+    },
     /// `origin` is the file, or the environment variable that set the key.
     #[error("{origin}: {key}: {reason}")]
     Key {
+        /// The file, or the environment variable, that set the key.
         origin: String,
+        /// The key (`cmd_port`, `ipc_address`...).
         key: &'static str,
+        /// What is wrong with its value.
         reason: String,
     },
 }

@@ -50,26 +50,37 @@ pub const OTHER_PREFIX: u8 = {
 const ID_SEPARATOR: &str = "://";
 
 /// Why a wire value or a text could not become a domain value.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
+    /// The entity carries no id.
     #[error("entity has no id")]
     MissingId,
+    /// The event carries no entity.
     #[error("event has no entity")]
     MissingEntity,
+    /// The id has nothing before `://`.
     #[error("entity id has an empty prefix")]
     EmptyPrefix,
+    /// The id (given) has nothing after `://`.
     #[error("entity id {0:?} has an empty uid")]
     EmptyUid(String),
+    /// The prefix (given) holds `://` itself.
     #[error("entity id prefix {0:?} holds the separator \"://\"")]
     SeparatorInPrefix(String),
+    /// The text (given) has no `://`.
     #[error("entity id {0:?} is not of the form prefix://uid")]
     MalformedId(String),
+    /// The event type number (given) is not ADDED, MODIFIED or DELETED.
     #[error("unknown event type {0}")]
     UnknownEventType(i32),
+    /// The event's bytes do not decode.
     #[error("event is not a valid StreamTagsEvent message (bad encoding or UTF-8)")]
     MalformedEvent,
+    /// The cardinality number (given) is not one the protocol defines.
     #[error("unknown cardinality {0}")]
     UnknownCardinality(i32),
+    /// The cardinality name (given) is not `low`, `orchestrator` or `high`.
     #[error("invalid cardinality {0:?} (expected low, orchestrator or high)")]
     InvalidCardinalityName(String),
 }
@@ -93,16 +104,21 @@ impl DomainError {
 
 /// How much of an entity's tags a query or a subscription wants. Ordered:
 /// `Low < Orchestrator < High`, each including the ones below it.
+/// Exhaustive: the protocol defines these three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum Cardinality {
+    /// Tags that vary little across entities (service, image, namespace).
     Low,
+    /// Low, plus tags per orchestrator object (pod name, task ARN).
     Orchestrator,
+    /// Everything, per-container tags included (container id and name).
     #[default]
     High,
 }
 
 impl Cardinality {
+    /// Every cardinality, lowest first.
     pub const ALL: [Cardinality; 3] = [Self::Low, Self::Orchestrator, Self::High];
 
     /// The lowercase name used on the command line, in JSON and in metric labels.
@@ -114,6 +130,7 @@ impl Cardinality {
         }
     }
 
+    /// The wire value.
     pub fn to_proto(self) -> pb::TagCardinality {
         match self {
             Self::Low => pb::TagCardinality::Low,
@@ -275,10 +292,12 @@ impl EntityId {
         &self.text
     }
 
+    /// The part before `://` (`container_id`).
     pub fn prefix(&self) -> &str {
         &self.text[..self.prefix_len()]
     }
 
+    /// The part after `://`.
     pub fn uid(&self) -> &str {
         &self.text[self.prefix_len() + ID_SEPARATOR.len()..]
     }
@@ -315,6 +334,7 @@ impl EntityId {
         (!uid.is_empty()).then_some((index, uid))
     }
 
+    /// The wire form.
     pub fn to_proto(&self) -> pb::EntityId {
         pb::EntityId {
             prefix: self.prefix().to_owned(),
@@ -322,6 +342,8 @@ impl EntityId {
         }
     }
 
+    /// Converts a wire id, rejecting an empty prefix or uid and a prefix
+    /// holding `://`.
     pub fn from_proto(id: &pb::EntityId) -> Result<Self, DomainError> {
         Self::new(&id.prefix, &id.uid)
     }
@@ -348,10 +370,15 @@ impl std::borrow::Borrow<str> for EntityId {
 /// An entity with its four tag lists, as the store holds it (full cardinality).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entity {
+    /// What the entity is.
     pub id: EntityId,
+    /// Tags of [`Cardinality::Low`].
     pub low: Vec<String>,
+    /// Tags added at [`Cardinality::Orchestrator`].
     pub orchestrator: Vec<String>,
+    /// Tags added at [`Cardinality::High`].
     pub high: Vec<String>,
+    /// Unified service tags (`env`, `service`, `version`), served apart.
     pub standard: Vec<String>,
 }
 
@@ -367,6 +394,7 @@ impl Entity {
         }
     }
 
+    /// The entity borrowed, for the mirror.
     pub fn as_ref(&self) -> EntityRef<'_, String> {
         EntityRef {
             id: &self.id,
@@ -414,6 +442,7 @@ impl Entity {
         tags
     }
 
+    /// The wire form, with every cardinality's tags.
     pub fn to_proto(&self) -> pb::Entity {
         self.to_proto_reduced(Cardinality::High)
     }
@@ -449,23 +478,32 @@ impl Entity {
 /// to store an entity, whoever owns the strings.
 #[derive(Debug, Clone, Copy)]
 pub struct EntityRef<'a, S> {
+    /// What the entity is.
     pub id: &'a EntityId,
+    /// Tags of [`Cardinality::Low`].
     pub low: &'a [S],
+    /// Tags added at [`Cardinality::Orchestrator`].
     pub orchestrator: &'a [S],
+    /// Tags added at [`Cardinality::High`].
     pub high: &'a [S],
+    /// Unified service tags.
     pub standard: &'a [S],
 }
 
-/// One change of the store, as carried by a `StreamTagsEvent`.
+/// One change of the store, as carried by a `StreamTagsEvent`. Exhaustive:
+/// the protocol has these three event types.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntityEvent {
+    /// A new entity.
     Added(Entity),
+    /// An entity whose tags changed: it carries all of them, not a difference.
     Modified(Entity),
     /// DELETED carries the id only.
     Deleted(EntityId),
 }
 
 impl EntityEvent {
+    /// The entity the event is about.
     pub fn id(&self) -> &EntityId {
         match self {
             Self::Added(entity) | Self::Modified(entity) => &entity.id,
@@ -535,8 +573,10 @@ pub fn diff_entities(
 /// [`DecodedEvent`](crate::wire::DecodedEvent) whose strings borrow a
 /// received message (so applying it allocates only what the mirror keeps).
 pub trait MirrorEvent {
+    /// How a tag is held: `String` when owned, `&str` when borrowed.
     type Tag: AsRef<str>;
 
+    /// The entity the event is about.
     fn id(&self) -> &EntityId;
 
     /// The entity an upsert (ADDED or MODIFIED) stores; `None` for DELETED.

@@ -43,6 +43,8 @@ pub struct EventEncoder {
 }
 
 impl EventEncoder {
+    /// An encoder that cuts blocks of `block_size` bytes (0: one allocation per
+    /// event).
     pub fn with_block_size(block_size: usize) -> Self {
         Self {
             block: BytesMut::new(),
@@ -169,7 +171,9 @@ fn encode_string_if_set(field: u32, text: &str, buf: &mut BytesMut) {
 /// skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedEvent<'a> {
+    /// ADDED, MODIFIED or DELETED.
     pub kind: pb::EventType,
+    /// The entity it is about.
     pub id: EntityId,
     /// Every tag, list after list in [`LIST_ORDER`].
     tags: Vec<&'a str>,
@@ -196,18 +200,22 @@ fn list_position(field: u32) -> Option<usize> {
 }
 
 impl<'a> DecodedEvent<'a> {
+    /// The low-cardinality tags.
     pub fn low(&self) -> &[&'a str] {
         &self.tags[self.lists[LOW].clone()]
     }
 
+    /// The orchestrator-cardinality tags.
     pub fn orchestrator(&self) -> &[&'a str] {
         &self.tags[self.lists[ORCHESTRATOR].clone()]
     }
 
+    /// The high-cardinality tags.
     pub fn high(&self) -> &[&'a str] {
         &self.tags[self.lists[HIGH].clone()]
     }
 
+    /// The standard tags.
     pub fn standard(&self) -> &[&'a str] {
         &self.tags[self.lists[STANDARD].clone()]
     }
@@ -264,7 +272,7 @@ impl<'a> MirrorEvent for DecodedEvent<'a> {
 /// message (which prost would reject too).
 ///
 /// One pass appends the tags in wire order. Encoders write the lists in
-/// field-number order, which is [`LIST_ORDER`], so each list lands right
+/// field-number order, which is `LIST_ORDER`, so each list lands right
 /// after the one before; tags that arrive out of that order (which prost
 /// accepts) are regrouped by a second pass over the entity.
 pub fn decode_event(bytes: &[u8]) -> Result<DecodedEvent<'_>, DomainError> {

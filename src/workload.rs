@@ -21,6 +21,7 @@ use crate::rng::SplitMix64;
 pub struct WorkloadConfig {
     /// Store size after [`Workload::new`]; churn keeps the store around it.
     pub entities: usize,
+    /// The same seed gives the same entities and changes.
     pub seed: u64,
 }
 
@@ -394,6 +395,7 @@ impl Workload {
         }
     }
 
+    /// The next `n` changes (see [`next_event`](Self::next_event)).
     pub fn next_events(&mut self, n: usize) -> Vec<EntityEvent> {
         (0..n).map(|_| self.next_event()).collect()
     }

@@ -2,10 +2,12 @@
 //! by a tokio/tonic driver, with the mirror's queries, a sync signal and a
 //! stream of changes.
 //!
+//! Against a Datadog Agent (not run here: it needs one; the crate docs'
+//! example runs against a server of its own):
+//!
 //! ```no_run
-//! # async fn demo() -> Result<(), remote_tagger::client::ClientError> {
-//! use remote_tagger::client::{ClientConfig, RemoteTagger, TlsSettings};
-//! use remote_tagger::domain::Cardinality;
+//! # async fn demo() -> Result<(), remote_tagger::ClientError> {
+//! use remote_tagger::{Cardinality, ClientConfig, RemoteTagger, TlsSettings};
 //!
 //! let config = ClientConfig::new(
 //!     "127.0.0.1:5001",
@@ -59,6 +61,7 @@ pub struct ClientConfig {
     pub target: String,
     /// The file holding the bearer token; re-read for every new stream.
     pub auth_token_file: PathBuf,
+    /// How the connection is protected and the server verified.
     pub tls: TlsSettings,
     /// Limit on TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
@@ -74,11 +77,14 @@ pub struct ClientConfig {
     /// the core's receive timeout (10 min), as with Datadog's own clients.
     /// Simulations set shorter intervals against servers that allow them.
     pub http2_keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is dropped.
     pub http2_keepalive_timeout: Duration,
     /// Whether to PING a connection that has no stream open. Off by
     /// default: gRPC servers allow that once every 2 hours at most, and a
     /// connection here only lacks a stream while it opens one.
     pub http2_keepalive_while_idle: bool,
+    /// The largest gRPC message accepted or sent, in bytes (Datadog's 4 MiB by
+    /// default); a larger response fails the stream.
     pub max_message_size: usize,
 }
 
@@ -109,11 +115,15 @@ impl ClientConfig {
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
+    /// A TLS file named in [`TlsSettings`] cannot be used.
     #[error(transparent)]
     Tls(TlsFileError),
+    /// The target is not `host:port`.
     #[error("invalid target {target:?}: {problem} (expected HOST:PORT, e.g. 127.0.0.1:5001)")]
     Target {
+        /// The target given.
         target: String,
+        /// What is wrong with it.
         problem: TargetProblem,
     },
     /// The TLS server name given, which is neither a DNS name nor an IP
@@ -126,15 +136,21 @@ pub enum ClientError {
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetProblem {
+    /// There is no `:port` at the end.
     #[error("no port")]
     NoPort,
+    /// Nothing before the `:port`.
     #[error("no host")]
     NoHost,
+    /// The port is not a number from 0 to 65535.
     #[error("the port is not a number from 0 to 65535")]
     BadPort,
     /// It does not make a URI authority; `message` is the URI parser's.
     #[error("{message}")]
-    NotAnAuthority { message: String },
+    NotAnAuthority {
+        /// The URI parser's reason.
+        message: String,
+    },
 }
 
 /// A running remote tagger. Dropping it stops the driver too.
@@ -214,6 +230,8 @@ impl RemoteTagger {
         self.status.clone()
     }
 
+    /// Whether the mirror reflects the server right now (a snapshot of
+    /// [`status`](Self::status)).
     pub fn is_synced(&self) -> bool {
         self.status.borrow().state == ConnectionState::Synced
     }
@@ -331,6 +349,7 @@ fn request_error(status: tonic::Status) -> FetchError {
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
+    /// The config is invalid (see [`ClientError`]).
     #[error(transparent)]
     Config(#[from] ClientError),
     /// No connection, or it broke before the answer (see
@@ -340,7 +359,12 @@ pub enum FetchError {
     /// The server answered with an error status (`Unauthenticated`: the
     /// token was refused).
     #[error("server answered {code}: {message}")]
-    Server { code: StatusCode, message: String },
+    Server {
+        /// The status code (`Unauthenticated`, `Unavailable`...).
+        code: StatusCode,
+        /// The server's message.
+        message: String,
+    },
 }
 
 /// Checks what can be checked before connecting, for errors at start, and

@@ -37,6 +37,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 /// Opens byte streams to `host:port` targets. Production dials TCP; the
 /// simulations dial `turmoil::net`.
 pub trait Dialer: Send + Sync + 'static {
+    /// Opens a byte stream to `target` (`host:port`), unencrypted: TLS, when
+    /// configured, is layered on top by the client.
     fn dial(&self, target: &str) -> BoxFuture<io::Result<Box<dyn Io>>>;
 }
 
@@ -70,7 +72,11 @@ pub enum TlsMode {
     /// whatever its CA flag and names (a Datadog Agent's `ipc_cert.pem`, or
     /// the file `serve` writes); any other certificate must chain to one of
     /// the file's and be valid for the server name.
-    Verify { ca_file: PathBuf },
+    Verify {
+        /// The PEM file of the certificates to trust (a Datadog Agent's
+        /// `ipc_cert.pem`).
+        ca_file: PathBuf,
+    },
     /// Encrypt but accept any server certificate. Only for debugging: anyone
     /// on the path can impersonate the server and read the token.
     InsecureSkipVerify,
@@ -99,10 +105,12 @@ pub enum ClientCertificate {
 /// TLS settings of the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
+    /// Whether and how the server is verified.
     pub mode: TlsMode,
     /// The name the server's certificate must carry (Datadog: `localhost`);
     /// not checked for a pinned certificate, as Datadog's clients do not.
     pub server_name: String,
+    /// What the client presents when the server asks for a certificate.
     pub client_certificate: ClientCertificate,
 }
 

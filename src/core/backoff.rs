@@ -15,8 +15,11 @@ use crate::rng::SplitMix64;
 /// The backoff's constants (wire-spec section 4).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackoffConfig {
+    /// The first delay around which jitter is drawn (spec: 1 s).
     pub initial_interval: Duration,
+    /// The cap the interval stops growing at.
     pub max_interval: Duration,
+    /// How much the interval grows after each failure.
     pub multiplier: f64,
     /// Jitter as a fraction of the interval: 0.5 means +-50 %.
     pub randomization: f64,
@@ -63,6 +66,8 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// A backoff at its initial interval whose jitter is drawn from `seed`: the
+    /// same seed gives the same delays.
     pub fn new(config: BackoffConfig, seed: u64) -> Self {
         Self {
             interval: config.initial_interval,
@@ -90,6 +95,7 @@ impl Backoff {
         self.interval
     }
 
+    /// The constants it runs with.
     pub fn config(&self) -> &BackoffConfig {
         &self.config
     }

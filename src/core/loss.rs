@@ -17,22 +17,41 @@ use std::time::Duration;
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StatusCode {
+    /// 0: not an error; a stream that ends with it ended normally.
     Ok,
+    /// 1: the call was cancelled, usually by the caller.
     Cancelled,
+    /// 2: an error the server could not classify.
     Unknown,
+    /// 3: the request was malformed.
     InvalidArgument,
+    /// 4: the deadline passed before the call completed.
     DeadlineExceeded,
+    /// 5: what the call names does not exist.
     NotFound,
+    /// 6: what the call would create exists already.
     AlreadyExists,
+    /// 7: the caller may not do this.
     PermissionDenied,
+    /// 8: a limit was reached (memory, streams, or a client too slow to keep
+    /// up).
     ResourceExhausted,
+    /// 9: the server is not in a state to do this.
     FailedPrecondition,
+    /// 10: aborted by a concurrent operation.
     Aborted,
+    /// 11: an argument outside its valid range.
     OutOfRange,
+    /// 12: the server does not implement this method.
     Unimplemented,
+    /// 13: a server-side invariant broke.
     Internal,
+    /// 14: the service is unavailable for now (e.g. shutting down): retry
+    /// later.
     Unavailable,
+    /// 15: data was lost or corrupted.
     DataLoss,
+    /// 16: the request's credentials were missing or refused: the token.
     Unauthenticated,
 }
 
@@ -84,7 +103,9 @@ impl fmt::Display for StatusCode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct GrpcStatus {
+    /// The status code.
     pub code: StatusCode,
+    /// The server's message, as sent.
     pub message: String,
 }
 
@@ -101,7 +122,10 @@ pub enum LossReason {
     /// The stream was silent (not even a keep-alive) for `silent_for`, the
     /// receive timeout: the core dropped it.
     #[error("receive timeout: no message for {silent_for:?}")]
-    ReceiveTimeout { silent_for: Duration },
+    ReceiveTimeout {
+        /// How long it was silent: the configured receive timeout.
+        silent_for: Duration,
+    },
     /// The server broke the protocol: the core dropped the stream.
     #[error("protocol violation: {0}")]
     ProtocolViolation(ProtocolViolation),
@@ -148,6 +172,7 @@ pub enum StreamEnd {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{detail}")]
 pub struct TransportError {
+    /// What kind of failure, for deciding what to do.
     pub kind: TransportErrorKind,
     /// One line, the transport's causes included.
     pub detail: String,
@@ -174,7 +199,9 @@ pub enum TransportErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.describe())]
 pub struct AuthTokenError {
+    /// The token file.
     pub path: PathBuf,
+    /// What is wrong with it.
     pub problem: AuthTokenProblem,
 }
 
@@ -184,7 +211,9 @@ pub struct AuthTokenError {
 pub enum AuthTokenProblem {
     /// It could not be read; `message` is the system's.
     Unreadable {
+        /// The I/O error's kind (`NotFound`, `PermissionDenied`...).
         kind: std::io::ErrorKind,
+        /// The system's message.
         message: String,
     },
     /// It holds nothing but whitespace.
@@ -213,7 +242,9 @@ impl AuthTokenError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {problem}", path.display())]
 pub struct TlsFileError {
+    /// The file.
     pub path: PathBuf,
+    /// What is wrong with it.
     pub problem: TlsFileProblem,
 }
 
@@ -224,11 +255,18 @@ pub enum TlsFileProblem {
     /// It could not be read; `message` is the system's.
     #[error("cannot read certificates: {message}")]
     Unreadable {
+        /// The I/O error's kind (`NotFound`, `PermissionDenied`...).
         kind: std::io::ErrorKind,
+        /// The system's message.
         message: String,
     },
+    /// It is not valid PEM.
     #[error("malformed PEM: {message}")]
-    MalformedPem { message: String },
+    MalformedPem {
+        /// The PEM parser's reason.
+        message: String,
+    },
+    /// It is PEM but holds no `CERTIFICATE` block.
     #[error("holds no PEM certificate")]
     NoCertificate,
     /// A certificate file to present holds no key after its certificate.
@@ -237,10 +275,16 @@ pub enum TlsFileProblem {
     /// Its certificates cannot serve to verify servers; `message` is the
     /// TLS library's.
     #[error("{message}")]
-    UnusableTrust { message: String },
+    UnusableTrust {
+        /// The TLS library's reason.
+        message: String,
+    },
     /// Its certificate and key cannot be presented to servers.
     #[error("its certificate and key are not usable as a client certificate: {message}")]
-    UnusableClientCertificate { message: String },
+    UnusableClientCertificate {
+        /// The TLS library's reason.
+        message: String,
+    },
 }
 
 /// How the server broke the protocol.
@@ -249,13 +293,26 @@ pub enum TlsFileProblem {
 pub enum ProtocolViolation {
     /// It resumed the stream from an epoch the mirror never synced from.
     #[error("resumed epoch {epoch:?} we never synced from")]
-    ResumedUnknownEpoch { epoch: String },
+    ResumedUnknownEpoch {
+        /// The epoch it claimed.
+        epoch: String,
+    },
     /// Its epoch changed while it sent a snapshot.
     #[error("epoch changed mid-snapshot from {from:?} to {to:?}")]
-    EpochChangedMidSnapshot { from: String, to: String },
+    EpochChangedMidSnapshot {
+        /// The epoch the snapshot started in.
+        from: String,
+        /// The epoch it changed to.
+        to: String,
+    },
     /// Its epoch changed on a synced stream.
     #[error("epoch changed mid-stream from {from:?} to {to:?}")]
-    EpochChangedMidStream { from: String, to: String },
+    EpochChangedMidStream {
+        /// The epoch the stream synced in.
+        from: String,
+        /// The epoch it changed to.
+        to: String,
+    },
 }
 
 #[cfg(test)]

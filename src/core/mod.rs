@@ -77,6 +77,7 @@ impl fmt::Display for ConnectionId {
 /// environment, no clock, no global RNG.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CoreConfig {
+    /// How many tags the server sends per entity.
     pub cardinality: Cardinality,
     /// Entity-ID prefixes to subscribe to, known or not. Always sent
     /// explicitly: an empty list means "nothing" to older servers and
@@ -85,7 +86,10 @@ pub struct CoreConfig {
     pub prefixes: Vec<String>,
     /// `<flavor>:<uuid>`, unique per client.
     pub streaming_id: String,
+    /// How long a stream may stay silent (not even a keep-alive) before the
+    /// core drops it.
     pub receive_timeout: Duration,
+    /// How long to wait between attempts.
     pub backoff: BackoffConfig,
     /// Seed of the backoff jitter.
     pub seed: u64,
@@ -122,11 +126,17 @@ pub enum Command {
     /// Open a `TaggerStreamEntities` stream for attempt `id` with this request
     /// (the driver adds the bearer token, read afresh for every stream).
     OpenStream {
+        /// The attempt this stream is for: report its outcome with the same id.
         id: ConnectionId,
+        /// The request to send, prefixes, cardinality and resume point
+        /// included.
         request: StreamTagsRequest,
     },
     /// Drop the stream (or the pending open) of attempt `id`.
-    CloseStream { id: ConnectionId },
+    CloseStream {
+        /// The attempt whose stream to drop.
+        id: ConnectionId,
+    },
 }
 
 /// What the application sees.
@@ -135,14 +145,23 @@ pub enum Command {
 pub enum Event {
     /// The mirror now reflects the server: a snapshot completed, a resume was
     /// accepted, or (against a plain Datadog server) the first batch landed.
-    Synced { resumed: bool, entities: usize },
+    Synced {
+        /// The server took up the stream where the mirror was: no snapshot was
+        /// needed.
+        resumed: bool,
+        /// Entities in the mirror once synced.
+        entities: usize,
+    },
     /// Entities changed in the mirror; query it for their tags.
     EntitiesChanged(Vec<EntityChange>),
     /// The attempt failed or the stream was lost; the next attempt starts
     /// after `retry_in`. The mirror keeps serving its last content.
     ConnectionLost {
+        /// The attempt that ended.
         id: ConnectionId,
+        /// Why it ended.
         reason: LossReason,
+        /// The backoff delay before the next attempt.
         retry_in: Duration,
     },
 }
@@ -163,7 +182,10 @@ pub enum Timer {
 /// The next deadline and which timer it belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeout {
+    /// When the timer fires, on the clock the core is fed.
     pub at: Instant,
+    /// Which timer it is, for traces: [`ClientCore::handle_timeout`] works out
+    /// the rest.
     pub timer: Timer,
 }
 
@@ -172,18 +194,22 @@ pub struct Timeout {
 /// display names each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionState {
+    /// Waiting out the backoff before the next attempt.
     BackingOff,
     /// Open requested, no response headers yet.
     Connecting,
     /// Headers or messages received, not synced yet.
     Syncing,
+    /// The mirror reflects the server and follows its changes.
     Synced,
 }
 
 /// The server state the mirror holds, which a reconnect can resume from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResumePoint {
+    /// The server's epoch: its store's identity, changed by a restart.
     pub epoch: String,
+    /// The last revision of that epoch the mirror has applied.
     pub revision: u64,
 }
 
@@ -384,11 +410,15 @@ impl ClientCore {
         }
     }
 
+    /// The next thing the driver must do, in order; `None` when there is
+    /// nothing left.
     #[must_use]
     pub fn poll_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
     }
 
+    /// The next event for the application, in order; `None` when there is
+    /// nothing left.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
@@ -435,6 +465,7 @@ impl ClientCore {
         self.mirror.reader()
     }
 
+    /// Whether the mirror reflects the server now.
     pub fn is_synced(&self) -> bool {
         self.connection_state() == ConnectionState::Synced
     }
@@ -457,6 +488,7 @@ impl ClientCore {
         }
     }
 
+    /// Where the current attempt is (see [`ConnectionState`]).
     pub fn connection_state(&self) -> ConnectionState {
         match &self.state {
             State::BackingOff { .. } => ConnectionState::BackingOff,
@@ -495,10 +527,13 @@ impl ClientCore {
         self.backoff.interval()
     }
 
+    /// What the core counted: responses, stream errors, applied changes,
+    /// snapshots, resumes, rejected events.
     pub fn telemetry(&self) -> &ClientTelemetry {
         &self.telemetry
     }
 
+    /// What the core was created with.
     pub fn config(&self) -> &CoreConfig {
         &self.config
     }

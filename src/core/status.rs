@@ -7,7 +7,9 @@ use super::{ClientTelemetry, ConnectionState, LossReason};
 /// A client's state, counters and last failure.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientStatus {
+    /// Where the current connection is.
     pub state: ConnectionState,
+    /// What the core counted since it started.
     pub telemetry: ClientTelemetry,
     /// Entities received for a snapshot not yet complete (progress).
     pub staged_entities: usize,

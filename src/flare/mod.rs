@@ -18,10 +18,12 @@ pub use send::{FlareReceipt, FlareSendError, FlareUpload, SUPPORT_PATH, send};
 pub struct FlareFile {
     /// Name inside the archive's top folder (`tagger-list.json`).
     pub name: String,
+    /// The file's bytes.
     pub contents: Vec<u8>,
 }
 
 impl FlareFile {
+    /// A file named `name` inside the archive's top folder.
     pub fn new(name: impl Into<String>, contents: impl Into<Vec<u8>>) -> Self {
         Self {
             name: name.into(),

@@ -38,10 +38,15 @@ pub struct FlareUpload {
     /// The Datadog site's flare host, e.g. `https://flare.datadoghq.com`;
     /// [`SUPPORT_PATH`] and the case id are appended as the Agent does.
     pub site_url: String,
+    /// The support case to attach the flare to; `None` opens a new one.
     pub case_id: Option<String>,
+    /// The address Datadog support answers to.
     pub email: Option<String>,
+    /// The Datadog API key the upload is authorized with.
     pub api_key: String,
+    /// The host the flare is from, as support sees it.
     pub hostname: String,
+    /// The version reported with the flare (this build's).
     pub version: String,
     /// Attempts in all (the Agent makes 3).
     pub attempts: u32,
@@ -80,32 +85,77 @@ impl FlareUpload {
 
 /// Why a flare was not accepted. The messages are the Agent's, one line
 /// each; none quotes more of the API key than its last 5 characters.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FlareSendError {
+    /// The archive could not be read.
     #[error("cannot read the flare archive {path}: {reason}")]
-    Archive { path: String, reason: String },
+    Archive {
+        /// The archive file.
+        path: String,
+        /// The system's message.
+        reason: String,
+    },
+    /// The HTTP client could not be built (its reason).
     #[error("cannot set up the HTTP client: {0}")]
     Client(String),
+    /// No connection to the flare endpoint.
     #[error("cannot reach {url}: {reason}")]
-    Connect { url: String, reason: String },
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// The HTTP client's reason.
+        reason: String,
+    },
+    /// The redirect probe that finds the regional URL failed.
     #[error("could not determine the flare URL via redirects: HTTP {code} {text}")]
-    Resolve { code: u16, text: String },
+    Resolve {
+        /// The HTTP status code.
+        code: u16,
+        /// The status text.
+        text: String,
+    },
+    /// Datadog refused the API key.
     #[error("HTTP 403 Forbidden: {}", forbidden_hint(key_tail))]
-    Forbidden { key_tail: String },
+    Forbidden {
+        /// The key's last characters, empty when there is no key.
+        key_tail: String,
+    },
+    /// Another HTTP error status.
     #[error("HTTP {code} {text}")]
-    Status { code: u16, text: String },
+    Status {
+        /// The HTTP status code.
+        code: u16,
+        /// The status text.
+        text: String,
+    },
+    /// A 200 answer that is not JSON.
     #[error("the server answered 200 but {what}; it said: {sample:?}")]
-    NotJson { what: String, sample: String },
+    NotJson {
+        /// What it is instead.
+        what: String,
+        /// The start of the body.
+        sample: String,
+    },
     #[error(
         "the server answered 200 with JSON that is not a flare answer ({reason}); it said: {sample:?}"
     )]
-    BadJson { reason: String, sample: String },
+    /// A 200 answer whose JSON is not a flare receipt.
+    BadJson {
+        /// The JSON parser's reason.
+        reason: String,
+        /// The start of the body.
+        sample: String,
+    },
     #[error(
         "the server refused the flare: {error}{}",
         request_suffix(request_uuid)
     )]
+    /// Datadog answered with an error in its JSON.
     Refused {
+        /// Its error text.
         error: String,
+        /// The request id to quote to support, when given.
         request_uuid: Option<String>,
     },
 }
@@ -128,7 +178,9 @@ fn request_suffix(request_uuid: &Option<String>) -> String {
 /// What Datadog answered to an accepted flare.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlareReceipt {
+    /// The support case the flare went to.
     pub case_id: Option<String>,
+    /// Datadog's id of the upload.
     pub request_uuid: Option<String>,
 }
 

@@ -22,7 +22,9 @@ use crate::proto::model::StreamTagsEvent;
 /// the network, the server and time perform.
 #[derive(Debug, Arbitrary)]
 pub struct CoreScenario {
+    /// The harness: timeouts, backoff and what the model server holds.
     pub config: HarnessConfig,
+    /// What happens, in order.
     pub ops: Vec<Op>,
 }
 

@@ -7,7 +7,7 @@
 //!
 //! Explicit ops (accept this open, deliver that message) let proptest reach
 //! any interleaving; [`Op::NetworkStep`] instead lets the emulated
-//! [`network`] decide, with latency, loss, partitions and holds, which is
+//! network (`network.rs`) decide, with latency, loss, partitions and holds, which is
 //! what the seeded [`scenario`]s of the pure simulation tier use.
 //!
 //! Compiled only with the `test-kit` feature (which `fuzzing`, `sim` and
@@ -34,7 +34,7 @@ use crate::proto::model::{self as pb, StreamTagsResponse};
 use network::{Link, LinkEvent, Network, OpenStream, Reachability};
 
 /// Prefixes the harness's entities use (a subscription picks a subset). The
-/// last is outside [`KNOWN_PREFIXES`](crate::domain::KNOWN_PREFIXES), as
+/// last is outside [`KNOWN_PREFIXES`], as
 /// the prefixes of an Agent newer than the table are.
 pub const HARNESS_PREFIXES: [&str; 4] = [
     "container_id",
@@ -62,7 +62,10 @@ pub const CONVERGE_STEPS: usize = 64;
 #[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum Op {
     /// Time passes by this many milliseconds; due timers fire.
-    Advance { millis: u32 },
+    Advance {
+        /// Milliseconds.
+        millis: u32,
+    },
     /// Time jumps straight to the core's next deadline, which fires.
     AdvanceToTimeout,
     /// Time jumps to whichever comes first, the core's deadline or the
@@ -75,19 +78,33 @@ pub enum Op {
     /// The pending open fails.
     FailOpen,
     /// Up to this many queued responses reach the core.
-    Deliver { count: u8 },
+    Deliver {
+        /// At most this many.
+        count: u8,
+    },
     /// The server sends an empty response.
     KeepAlive,
     /// The open stream (or pending open) breaks.
     BreakStream,
     /// The server's store upserts entity `entity` with tag variant `variant`.
-    ServerUpsert { entity: u8, variant: u8 },
+    ServerUpsert {
+        /// Which entity of the harness's set.
+        entity: u8,
+        /// Which of its tag variants.
+        variant: u8,
+    },
     /// The server's store deletes entity `entity` (a no-op if absent).
-    ServerDelete { entity: u8 },
+    ServerDelete {
+        /// Which entity of the harness's set.
+        entity: u8,
+    },
     /// The server sends a DELETED for an id it never had.
     DeleteUnknown,
     /// The server sends a malformed event of this kind.
-    Malformed { kind: u8 },
+    Malformed {
+        /// Which malformation (see `model_server::malformed_event`).
+        kind: u8,
+    },
     /// The server restarts: new epoch, change log lost, open stream broken.
     ServerRestart,
     /// The server drops its streams but keeps its store instance (same
@@ -100,13 +117,31 @@ pub enum Op {
     /// Partitions heal, holds are released.
     Heal,
     /// New one-way latency and jitter for messages sent from now on.
-    SetLatency { millis: u16, jitter_millis: u16 },
+    SetLatency {
+        /// The one-way latency.
+        millis: u16,
+        /// The most a message's latency varies.
+        jitter_millis: u16,
+    },
     /// New chance, per thousand, that a message is lost (killing its stream).
-    SetLoss { per_mille: u16 },
+    SetLoss {
+        /// Per thousand messages.
+        per_mille: u16,
+    },
     /// The server starts or stops speaking the extensions (plain Datadog).
-    SetExtensions { enabled: bool },
+    SetExtensions {
+        /// Whether it speaks them.
+        enabled: bool,
+    },
     /// An input for an attempt that is not the current one.
-    Stale { kind: u8, back: u8 },
+    Stale {
+        /// Which input: connected, connect failed, stream closed, or a
+        /// response.
+        kind: u8,
+        /// Which earlier attempt, counted back from the last (an id from the
+        /// future when there is none).
+        back: u8,
+    },
 }
 
 /// Options of one harness run. Every value is valid (prefix indices wrap, no
@@ -115,10 +150,14 @@ pub enum Op {
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct HarnessConfig {
+    /// Seeds the core's jitter and the network's randomness.
     pub seed: u64,
+    /// What the client subscribes with.
     pub cardinality: Cardinality,
     /// Indices into [`HARNESS_PREFIXES`] the client subscribes to.
     pub prefixes: Vec<usize>,
+    /// Whether the server starts out speaking the extensions (atomic snapshots,
+    /// resume).
     pub extensions: bool,
     /// The server sends every entity whatever prefixes the request names,
     /// as Datadog servers did before the prefix filter: the client must
@@ -239,10 +278,12 @@ impl Harness {
         Ok(harness)
     }
 
+    /// The client core under test.
     pub fn core(&self) -> &ClientCore {
         &self.core
     }
 
+    /// The model server it talks to.
     pub fn server(&self) -> &ModelServer {
         &self.server
     }

@@ -41,6 +41,9 @@ struct Subscription {
 }
 
 impl ModelServer {
+    /// A server with the harness's entities, a first epoch drawn from `seed`,
+    /// snapshots in chunks of `chunk_events` and a change log of `log_capacity`
+    /// changes.
     pub fn new(
         seed: u64,
         extensions: bool,
@@ -80,10 +83,12 @@ impl ModelServer {
         self.resumes_sent
     }
 
+    /// Whether it speaks this project's extensions.
     pub fn extensions(&self) -> bool {
         self.extensions
     }
 
+    /// Starts or stops speaking the extensions (from the next stream on).
     pub fn set_extensions(&mut self, enabled: bool) {
         self.extensions = enabled;
     }
@@ -133,10 +138,12 @@ impl ModelServer {
             .collect()
     }
 
+    /// Keeps the request a stream was opened with, for the invariants.
     pub fn record_request(&mut self, request: StreamTagsRequest) {
         self.last_request = Some(request);
     }
 
+    /// The request the last stream was opened with.
     pub fn last_request(&self) -> Option<&StreamTagsRequest> {
         self.last_request.as_ref()
     }
@@ -243,6 +250,7 @@ impl ModelServer {
         self.response(events, extensions)
     }
 
+    /// An empty response: a keep-alive.
     pub fn keep_alive(&self) -> StreamTagsResponse {
         self.raw_response(Vec::new())
     }

@@ -1,6 +1,6 @@
 //! Seeded scenarios of the pure simulation tier: a named kind of trouble and
 //! a seed give a timed schedule of faults and server churn, which runs on the
-//! [`Harness`](super::Harness) with the emulated network deciding everything
+//! [`Harness`] with the emulated network deciding everything
 //! else. Every invariant is checked after every step; at the end the faults
 //! heal and the client must converge within [`liveness_bound`].
 
@@ -24,18 +24,28 @@ const FLAP_EVERY_MS: (u64, u64) = (1_000, 3_000);
 /// A named kind of trouble.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
+    /// Latency, jitter and churn, no fault.
     Steady,
+    /// Lost messages kill streams at random.
     Lossy,
+    /// Partitions: opens fail at once, the backoff grows to its cap.
     Partitions,
+    /// Holds: opens hang to the connect timeout.
     Holds,
+    /// Server restarts and stream drops.
     Restarts,
+    /// Short disconnects with the change log intact: every reconnect resumes.
     ShortDisconnects,
+    /// A server without the extensions (plain Datadog).
     PlainDatadog,
+    /// A server that drops every stream within seconds of syncing it.
     Flapping,
+    /// Everything at once, malformed and stale input included.
     Chaos,
 }
 
 impl Scenario {
+    /// Every scenario, in the order the sweeps run them.
     pub const ALL: [Scenario; 9] = [
         Scenario::Steady,
         Scenario::Lossy,
@@ -48,6 +58,7 @@ impl Scenario {
         Scenario::Chaos,
     ];
 
+    /// The name the `sim` runner takes (`short-disconnects`).
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Steady => "steady",
@@ -62,10 +73,12 @@ impl Scenario {
         }
     }
 
+    /// The scenario of a [`name`](Self::name).
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.name() == name)
     }
 
+    /// One line on what goes wrong in it.
     pub fn description(self) -> &'static str {
         match self {
             Scenario::Steady => {
@@ -146,8 +159,11 @@ pub fn most_attempts_within(backoff: &BackoffConfig, window: Duration) -> usize 
 /// A scenario's seeded plan: the harness it runs on and what happens when.
 #[derive(Debug, Clone)]
 pub struct Schedule {
+    /// The kind of trouble.
     pub scenario: Scenario,
+    /// The seed the plan and the run are drawn from.
     pub seed: u64,
+    /// The harness the plan runs on.
     pub config: HarnessConfig,
     /// Faults and churn at times since the start, in time order.
     pub events: Vec<(Duration, Op)>,
@@ -164,8 +180,11 @@ pub struct Outcome {
     pub simulated: Duration,
     /// From the heal to convergence, and the bound it must stay within.
     pub time_to_converge: Duration,
+    /// The most [`time_to_converge`](Self::time_to_converge) may be.
     pub liveness_bound: Duration,
+    /// Streams the server answered with a snapshot.
     pub snapshots_sent: u64,
+    /// Streams the server answered with a resume.
     pub resumes_sent: u64,
     /// Connect attempts until the heal.
     pub attempts_before_heal: usize,

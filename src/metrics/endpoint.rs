@@ -30,7 +30,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen for metrics on {addr}: {reason} (check --metrics-listen)")]
 pub struct MetricsError {
+    /// The address given.
     pub addr: SocketAddr,
+    /// Why it could not be bound.
     pub reason: String,
 }
 

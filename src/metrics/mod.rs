@@ -84,6 +84,7 @@ pub struct ClientCollector {
 }
 
 impl ClientCollector {
+    /// A collector of `tagger`'s status and mirror.
     pub fn new(tagger: &RemoteTagger) -> Self {
         Self {
             status: tagger.status(),
@@ -214,6 +215,7 @@ impl fmt::Debug for ServerCollector {
 }
 
 impl ServerCollector {
+    /// A collector of the server's `store`.
     pub fn new(store: StoreHandle) -> Self {
         Self { store }
     }

@@ -10,13 +10,17 @@ use crate::domain::Cardinality;
 /// The `status` label of `tagger_queries`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum QueryStatus {
+    /// The entity was found and had tags at that cardinality.
     Success,
+    /// No tags: an unknown entity, or none at that cardinality.
     EmptyTags,
 }
 
 impl QueryStatus {
+    /// Every status, in label order.
     pub const ALL: [QueryStatus; 2] = [Self::Success, Self::EmptyTags];
 
+    /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Success => "success",
@@ -43,6 +47,7 @@ pub struct QueryCounts {
 }
 
 impl QueryCounts {
+    /// Queries of `cardinality` that ended with `status`.
     pub fn get(&self, cardinality: Cardinality, status: QueryStatus) -> u64 {
         self.counts[cardinality_index(cardinality)][status.index()]
     }

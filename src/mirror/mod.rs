@@ -52,11 +52,14 @@ use key::IdKey;
 use record::{Interner, ListHashes, Record};
 use store::{Op, Store};
 
-/// How an entity changed.
+/// How an entity changed. Exhaustive: the protocol has these three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
+    /// The entity was not in the mirror.
     Added,
+    /// Its tags changed.
     Modified,
+    /// It left the mirror.
     Deleted,
 }
 
@@ -64,7 +67,9 @@ pub enum ChangeKind {
 /// [`MirrorWriter::replace_all`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntityChange {
+    /// How it changed.
     pub kind: ChangeKind,
+    /// The entity that changed.
     pub id: EntityId,
 }
 
@@ -328,6 +333,7 @@ fn index_of(entities: &[Staged]) -> HashTable<usize> {
 }
 
 impl MirrorWriter {
+    /// An empty mirror.
     pub fn new() -> Self {
         let (handle, published) = left_right::new::<Store, Op>();
         Self {
@@ -532,10 +538,12 @@ impl MirrorWriter {
         changes
     }
 
+    /// Entities published to readers.
     pub fn len(&self) -> usize {
         self.published.enter().map_or(0, |store| store.len())
     }
 
+    /// Whether readers see no entity.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -606,6 +614,8 @@ impl MirrorReader {
         self.view().standard(id).into()
     }
 
+    /// The whole entity of `id`, every cardinality; `None` when unknown. Not
+    /// counted as a query.
     pub fn entity(&self, id: &str) -> Option<Entity> {
         let key = IdKey::parse(id)?;
         self.read(|store| store.get(key).map(Record::to_entity), None)
@@ -627,10 +637,12 @@ impl MirrorReader {
         entity_hash(&tags.iter().collect::<Vec<_>>())
     }
 
+    /// Entities in the mirror.
     pub fn len(&self) -> usize {
         self.read(Store::len, 0)
     }
 
+    /// Whether the mirror holds no entity.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

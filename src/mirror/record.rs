@@ -601,6 +601,7 @@ impl<'a> TagsRef<'a> {
         }
     }
 
+    /// The tags, in order.
     pub fn iter(&self) -> TagsIter<'a> {
         let ([first, second], high): ([&[Tag]; 2], _) = match self.record {
             Some(record) => select(record, self.selection),
@@ -613,14 +614,17 @@ impl<'a> TagsRef<'a> {
         }
     }
 
+    /// How many tags.
     pub fn len(&self) -> usize {
         self.iter().len()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.record.is_none()
     }
 
+    /// The tag at `index`, if there are that many.
     pub fn get(&self, index: usize) -> Option<&'a str> {
         let ([first, second], high) = select(self.record?, self.selection);
         let Some(index) = index.checked_sub(first.len()) else {
@@ -632,6 +636,7 @@ impl<'a> TagsRef<'a> {
         }
     }
 
+    /// The tags copied out.
     pub fn to_vec(&self) -> Vec<String> {
         self.iter().map(str::to_owned).collect()
     }
@@ -655,22 +660,27 @@ impl Tags {
         }
     }
 
+    /// The tags, in order.
     pub fn iter(&self) -> TagsIter<'_> {
         self.as_tags_ref().iter()
     }
 
+    /// How many tags.
     pub fn len(&self) -> usize {
         self.as_tags_ref().len()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.record.is_none()
     }
 
+    /// The tag at `index`, if there are that many.
     pub fn get(&self, index: usize) -> Option<&str> {
         self.as_tags_ref().get(index)
     }
 
+    /// The tags copied out.
     pub fn to_vec(&self) -> Vec<String> {
         self.as_tags_ref().to_vec()
     }

@@ -46,12 +46,16 @@ impl fmt::Debug for Token {
 
 /// Why a token file's contents are unusable. Describes the contents without
 /// quoting them.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
+    /// Nothing but whitespace.
     #[error("it is empty")]
     Empty,
+    /// Fewer characters (given) than [`MIN_TOKEN_LEN`].
     #[error("its token has {0} characters; at least {MIN_TOKEN_LEN} are required")]
     TooShort(usize),
+    /// Characters an HTTP header or a token cannot hold.
     #[error("its token contains whitespace or control characters")]
     BadCharacters,
 }
@@ -96,7 +100,9 @@ enum TokenSource {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot use auth token file {}: {reason}", path.display())]
 pub struct TokenFileError {
+    /// The token file.
     pub path: PathBuf,
+    /// What is wrong: the system's message or a [`TokenError`].
     pub reason: String,
 }
 

@@ -32,6 +32,7 @@ use super::store::PrefixFilter;
 use crate::domain::{DomainError, Entity, EntityEvent, EntityId};
 
 /// Why an entities file cannot be served.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EntitiesFileError {
     /// serde's message, which ends with the line and column.
@@ -44,22 +45,40 @@ pub enum EntitiesFileError {
     InvalidEntity {
         /// 1-based position in the list.
         position: usize,
+        /// serde's message, with the line and column.
         reason: String,
     },
+    /// An entity whose id is not `prefix://uid`.
     #[error("entity #{position} has an invalid id {id:?}: {reason}")]
     InvalidId {
+        /// 1-based position in the list.
         position: usize,
+        /// The id as written.
         id: String,
+        /// What is wrong with it.
         reason: DomainError,
     },
+    /// Two entities with one id.
     #[error("entity #{position}: id {id:?} appears more than once")]
-    DuplicateId { position: usize, id: String },
+    DuplicateId {
+        /// 1-based position of the second.
+        position: usize,
+        /// The id.
+        id: String,
+    },
+    /// The file could not be read (the system's message).
     #[error("cannot read it: {0}")]
     Unreadable(String),
     #[error(
         "{size} bytes, over the --entities-max-bytes limit of {limit} bytes; raise the limit or shrink the file"
     )]
-    TooLarge { size: u64, limit: u64 },
+    /// The file is larger than the configured limit.
+    TooLarge {
+        /// Its size, in bytes.
+        size: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
 }
 
 #[derive(Deserialize)]
@@ -310,7 +329,9 @@ fn apply_file(
 #[derive(Debug, thiserror::Error)]
 #[error("entities file {}: {reason}", path.display())]
 pub struct EntitiesFileLoadError {
+    /// The entities file.
     pub path: PathBuf,
+    /// What is wrong with it.
     pub reason: EntitiesFileError,
 }
 
@@ -374,6 +395,7 @@ impl EntitiesFileWatcher {
         }
     }
 
+    /// The file it watches.
     pub fn path(&self) -> &Path {
         &self.path
     }

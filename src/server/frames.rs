@@ -44,6 +44,8 @@ pub struct Chunker {
 }
 
 impl Chunker {
+    /// An empty chunker whose chunks hold at most `budget` bytes of events (bar
+    /// a first, larger one).
     pub fn new(budget: usize) -> Self {
         Self {
             budget,
@@ -68,6 +70,7 @@ impl Chunker {
         closed
     }
 
+    /// Whether the open chunk holds no event.
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
     }
@@ -205,6 +208,8 @@ pub struct Framer {
 }
 
 impl Framer {
+    /// Responses of the store instance `epoch` for a stream of `cardinality`,
+    /// cut at `budget` bytes of events.
     pub fn new(epoch: Epoch, cardinality: Cardinality, budget: usize) -> Self {
         Self {
             epoch,
@@ -213,6 +218,7 @@ impl Framer {
         }
     }
 
+    /// The cardinality events are reduced to.
     pub fn cardinality(&self) -> Cardinality {
         self.cardinality
     }

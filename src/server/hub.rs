@@ -174,6 +174,7 @@ impl StoreHandle {
         self.state().store.epoch().clone()
     }
 
+    /// The revision of the store's last change (0 for none in this epoch).
     pub fn revision(&self) -> u64 {
         self.state().store.revision()
     }

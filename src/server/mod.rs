@@ -82,7 +82,10 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
     std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
     crate::defaults::PORT,
 );
+/// Changes the store keeps for resuming clients: 1000 s of the default
+/// workload's churn.
 pub const DEFAULT_CHANGE_LOG_CAPACITY: usize = 10_000;
+/// How often an entities file is checked for changes.
 pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Entities files larger than this are refused: 256 MiB is about 400,000
 /// entities of the synthetic workload, far more than a node holds. Loaded,
@@ -92,8 +95,11 @@ pub const DEFAULT_ENTITIES_FILE_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// How often the host source re-scans `/proc`: processes come and go fast,
 /// and a scan of a thousand processes costs milliseconds.
 pub const DEFAULT_HOST_SCAN_INTERVAL: Duration = Duration::from_secs(2);
+/// Entities of the built-in workload.
 pub const DEFAULT_WORKLOAD_ENTITIES: usize = 1_000;
+/// Seed of the built-in workload.
 pub const DEFAULT_WORKLOAD_SEED: u64 = 1;
+/// Changes per second the built-in workload makes.
 pub const DEFAULT_CHURN_PER_SEC: f64 = 10.0;
 /// Churn rates above this are refused: they would only measure the generator.
 pub const MAX_CHURN_PER_SEC: f64 = 1_000_000.0;
@@ -122,13 +128,17 @@ fn bound_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
 }
 
 /// Where the served entities come from.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
     /// The seeded synthetic workload of [`crate::workload`], changed at
     /// `churn_per_sec` events per second (0: a static store).
     Workload {
+        /// Store size to start with; churn keeps it around this.
         entities: usize,
+        /// The same seed gives the same entities and changes.
         seed: u64,
+        /// Events per second.
         churn_per_sec: f64,
     },
     /// A JSON entities file (see [`parse_entities_file`]), re-read when it changes.
@@ -136,7 +146,12 @@ pub enum Source {
     /// The processes, containers and pods of the host whose `/proc` is under
     /// `root` (`/` for this machine), re-scanned every `interval` (see
     /// `HostScanner` in `src/server/host_source/`).
-    Host { root: PathBuf, interval: Duration },
+    Host {
+        /// Where `/proc` is.
+        root: PathBuf,
+        /// Time between scans.
+        interval: Duration,
+    },
     /// Relay: mirror another tagger and serve its entities. It asks for
     /// every prefix of the table and the config's `prefixes` besides (a
     /// newer Agent's), whatever cardinality the config names (HIGH).
@@ -174,6 +189,7 @@ impl Default for Source {
 }
 
 /// Whether connections are encrypted.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TlsMode {
     /// TLS with the certificate of `cert_file`, generated if absent.
@@ -187,16 +203,20 @@ pub enum TlsMode {
 /// Everything `serve` needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
+    /// Where to accept connections (loopback port 5001 by default, the
+    /// Agent's).
     pub listen: SocketAddr,
     /// Bearer token file; created with a random token when absent.
     pub auth_token_file: PathBuf,
     /// PEM certificate followed by its key; generated when absent (TLS only).
     /// Client certificates, when presented, are verified against it.
     pub cert_file: PathBuf,
+    /// Whether connections are encrypted.
     pub tls: TlsMode,
     /// Refuse clients that present no certificate (the Datadog Agent's
     /// `RequireAndVerifyClientCert`); TLS only.
     pub require_client_cert: bool,
+    /// Where the served entities come from.
     pub source: Source,
     /// How often an entities file is checked for changes.
     pub file_poll_interval: Duration,
@@ -204,6 +224,7 @@ pub struct ServeConfig {
     pub entities_file_max_bytes: u64,
     /// Changes kept for resuming clients.
     pub change_log_capacity: usize,
+    /// Limits and timeouts of the gRPC service.
     pub service: ServiceConfig,
 }
 
@@ -286,22 +307,36 @@ impl ServeConfig {
 
 /// Why the server could not start or stopped on an error. Each message is
 /// one line naming the culprit and what to do.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The listening socket could not be opened.
     #[error("cannot listen on {addr}: {reason}")]
-    Listen { addr: SocketAddr, reason: String },
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why, with what to do about it.
+        reason: String,
+    },
+    /// The token file cannot be used or created.
     #[error(transparent)]
     AuthToken(#[from] TokenFileError),
+    /// The certificate file cannot be used or created.
     #[error(transparent)]
     Certificate(#[from] CertFileError),
+    /// The entities file cannot be loaded.
     #[error(transparent)]
     EntitiesFile(#[from] EntitiesFileLoadError),
+    /// The upstream of a relay is misconfigured.
     #[error("upstream tagger: {0}")]
     Upstream(#[from] crate::client::ClientError),
+    /// The configuration is inconsistent (what is wrong, naming the option).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// No randomness for the store's epoch.
     #[error("cannot get random bytes from the operating system: {0}")]
     Randomness(getrandom::Error),
+    /// The gRPC server stopped on an error (its causes, in one line).
     #[error("gRPC server failed: {0}")]
     Transport(String),
 }
@@ -320,13 +355,16 @@ impl ServeError {
 }
 
 /// How `serve_incoming` secures connections.
+#[non_exhaustive]
 #[derive(Debug, Clone)]
 pub enum Security {
     /// TLS with this identity; client certificates, when presented, must be
     /// the identity's own or chain to it, and are mandatory when
     /// `require_client_cert`.
     Tls {
+        /// The certificate and key served.
         identity: TlsIdentity,
+        /// Refuse clients that present no certificate.
         require_client_cert: bool,
     },
     /// No encryption (tests, simulations): the token crosses the wire in clear.
@@ -596,10 +634,12 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// The address it listens on (the port chosen when asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
+    /// The store it serves: apply changes to it and subscribers get them.
     pub fn store(&self) -> &StoreHandle {
         &self.store
     }

@@ -89,11 +89,17 @@ pub struct ServiceConfig {
     pub max_tls_handshakes: usize,
 }
 
+/// Default of [`ServiceConfig::max_message_size`]: Datadog's 4 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = defaults::MAX_MESSAGE_SIZE;
+/// Default of [`ServiceConfig::keepalive_interval`]: a Datadog Agent's.
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = defaults::SERVER_KEEPALIVE_INTERVAL;
+/// Default of [`ServiceConfig::send_timeout`]: a Datadog Agent's.
 pub const DEFAULT_SEND_TIMEOUT: Duration = defaults::SEND_TIMEOUT;
+/// Default of [`ServiceConfig::subscriber_buffer`], in change batches.
 pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 1000;
+/// Default of [`ServiceConfig::max_concurrent_snapshots`].
 pub const DEFAULT_MAX_CONCURRENT_SNAPSHOTS: usize = defaults::MAX_CONCURRENT_SNAPSHOTS;
+/// Default of [`ServiceConfig::shutdown_grace`].
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A node's Agent processes and relays are a few dozen clients at most.
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1_000;
@@ -154,8 +160,9 @@ struct Inner {
 }
 
 impl TaggerService {
-    /// A service whose store comes from no host: origin requests get no
-    /// container (see [`Self::with_origins`]).
+    /// A service of `store` that admits requests `auth` accepts. Its store
+    /// comes from no host: origin requests get no container (see
+    /// [`Self::with_origins`]).
     pub fn new(store: StoreHandle, auth: Authenticator, config: ServiceConfig) -> Self {
         Self::with_origins(
             store,
@@ -186,10 +193,12 @@ impl TaggerService {
         }
     }
 
+    /// The store it serves.
     pub fn store(&self) -> &StoreHandle {
         &self.inner.store
     }
 
+    /// The limits and timeouts it runs with.
     pub fn config(&self) -> &ServiceConfig {
         &self.inner.config
     }

@@ -69,12 +69,16 @@ pub struct ServerStats {
 /// Events sent, one counter per cardinality label.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EventsByCardinality {
+    /// Events sent to `low` subscribers.
     pub low: u64,
+    /// Events sent to `orchestrator` subscribers.
     pub orchestrator: u64,
+    /// Events sent to `high` subscribers.
     pub high: u64,
 }
 
 impl EventsByCardinality {
+    /// The counter of `cardinality`.
     pub fn get(&self, cardinality: Cardinality) -> u64 {
         match cardinality {
             Cardinality::Low => self.low,

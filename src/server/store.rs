@@ -43,6 +43,7 @@ impl Epoch {
         Self(format!("{bits:016x}").into())
     }
 
+    /// The text form sent on the wire.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -63,7 +64,9 @@ impl fmt::Debug for Epoch {
 /// One effective change of the store and the revision it produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
+    /// The revision this change produced.
     pub revision: u64,
+    /// What changed.
     pub event: EntityEvent,
 }
 
@@ -76,6 +79,7 @@ pub struct PrefixFilter {
 }
 
 impl PrefixFilter {
+    /// The filter that matches every prefix.
     pub fn all() -> Self {
         Self::default()
     }
@@ -91,6 +95,7 @@ impl PrefixFilter {
         }
     }
 
+    /// Whether a subscriber with this filter gets `id`.
     pub fn matches(&self, id: &EntityId) -> bool {
         self.prefixes
             .as_ref()
@@ -120,6 +125,7 @@ impl StoredEntity {
         Self { entity, added_high }
     }
 
+    /// The entity, with all its tags.
     pub fn entity(&self) -> &Entity {
         &self.entity
     }
@@ -140,7 +146,9 @@ impl StoredEntity {
 /// [`SnapshotChunks`](super::SnapshotChunks)).
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// The revision the entities are at.
     pub revision: u64,
+    /// The matching entities.
     pub entities: Vec<Arc<StoredEntity>>,
 }
 
@@ -175,18 +183,22 @@ impl Store {
         }
     }
 
+    /// The identity of this store instance.
     pub fn epoch(&self) -> &Epoch {
         &self.epoch
     }
 
+    /// The revision of the last change (0 for none).
     pub fn revision(&self) -> u64 {
         self.revision
     }
 
+    /// Entities in the store.
     pub fn len(&self) -> usize {
         self.entities.len()
     }
 
+    /// Whether the store holds no entity.
     pub fn is_empty(&self) -> bool {
         self.entities.is_empty()
     }
@@ -197,6 +209,7 @@ impl Store {
         self.unknown_prefix_entities
     }
 
+    /// The stored entity of `id`, if any.
     pub fn get(&self, id: &EntityId) -> Option<&Arc<StoredEntity>> {
         self.entities.get(id)
     }

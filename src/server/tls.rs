@@ -39,7 +39,9 @@ impl fmt::Debug for TlsIdentity {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot use TLS certificate file {}: {reason}", path.display())]
 pub struct CertFileError {
+    /// The certificate file.
     pub path: PathBuf,
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -175,14 +177,19 @@ impl From<rcgen::Error> for GenerateError {
 }
 
 /// What is wrong with a PEM certificate file.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum PemProblem {
+    /// No `CERTIFICATE` block.
     #[error("it holds no PEM certificate")]
     NoCertificate,
+    /// No private key block after the certificate.
     #[error("it holds no PEM private key")]
     NoPrivateKey,
+    /// Not PEM at all.
     #[error("it is not valid PEM: {0}")]
     Malformed(rustls_pki_types::pem::Error),
+    /// The TLS library refused the pair (its reason).
     #[error("its certificate and key are not usable together: {0}")]
     Rejected(String),
 }

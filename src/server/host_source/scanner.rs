@@ -28,8 +28,11 @@ pub const PROCESS_REFRESH_SCANS: u64 = 16;
 /// What a scan skipped, by reason, and what it found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScanStats {
+    /// Processes found.
     pub processes: usize,
+    /// Containers found (from the processes' cgroups).
     pub containers: usize,
+    /// Kubernetes pods found (from the processes' cgroups).
     pub pods: usize,
     /// Processes that exited between listing and reading.
     pub vanished: usize,
