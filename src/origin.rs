@@ -91,6 +91,57 @@ impl OriginInfo {
     }
 }
 
+/// How a request was answered: the `result` label of
+/// `tagger_server_origin_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginResult {
+    /// The request named its container: answered as it is.
+    ContainerId,
+    /// Found through the process's cgroup file.
+    Pid,
+    /// Found through the cgroup filesystem.
+    Inode,
+    /// Found through the pod UID and container name.
+    ExternalData,
+    /// Looked up, found nothing: an empty answer.
+    NotFound,
+    /// Nothing to look up (every field empty or zero): an empty answer.
+    Empty,
+    /// The server's source cannot resolve origins: an empty answer.
+    Unsupported,
+}
+
+impl OriginResult {
+    /// Every result, in the order of their counters.
+    pub const ALL: [Self; 7] = [
+        Self::ContainerId,
+        Self::Pid,
+        Self::Inode,
+        Self::ExternalData,
+        Self::NotFound,
+        Self::Empty,
+        Self::Unsupported,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ContainerId => "container_id",
+            Self::Pid => "pid",
+            Self::Inode => "inode",
+            Self::ExternalData => "external_data",
+            Self::NotFound => "not_found",
+            Self::Empty => "empty",
+            Self::Unsupported => "unsupported",
+        }
+    }
+
+    /// Its position in [`Self::ALL`].
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
 fn non_empty(text: Option<String>) -> Option<String> {
     text.filter(|text| !text.is_empty())
 }

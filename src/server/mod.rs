@@ -44,6 +44,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpIncoming};
 
+pub use crate::origin::OriginResult;
 pub use auth::{Authenticator, GENERATED_TOKEN_LEN, MIN_TOKEN_LEN, TokenError, TokenFileError};
 pub use entities_file::{
     EntitiesFileError, EntitiesFileLoadError, EntitiesFileWatcher, parse_entities_file,
@@ -53,7 +54,7 @@ pub use frames::{SnapshotChunk, SnapshotChunks};
 pub use health::HEALTH_SERVICE_NAMES;
 pub use host_source::CMDLINE_TAG_MAX_BYTES;
 pub use hub::StoreHandle;
-pub use origin::{OriginResolver, OriginResult, container_in_cgroup_file};
+pub use origin::{OriginResolver, container_in_cgroup_file};
 pub use service::{
     DEFAULT_FIRST_REQUEST_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_SNAPSHOTS,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_SUBSCRIPTIONS,

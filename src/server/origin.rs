@@ -45,7 +45,7 @@ use super::hub::StoreHandle;
 use super::stats::increment;
 use super::store::PrefixFilter;
 use crate::domain::{Entity, EntityId};
-use crate::origin::OriginInfo;
+use crate::origin::{OriginInfo, OriginResult};
 
 /// How long a found container is cached: the Datadog Agent's remote tagger
 /// caches its answers for a minute.
@@ -75,57 +75,6 @@ const MAX_EXTERNAL_NAME_LEN: usize = 253;
 
 /// The most of a `/proc/PID/cgroup` file read.
 const MAX_CGROUP_FILE_LEN: u64 = 64 * 1024;
-
-/// How a request was answered: the `result` label of
-/// `tagger_server_origin_requests_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OriginResult {
-    /// The request named its container: answered as it is.
-    ContainerId,
-    /// Found through the process's cgroup file.
-    Pid,
-    /// Found through the cgroup filesystem.
-    Inode,
-    /// Found through the pod UID and container name.
-    ExternalData,
-    /// Looked up, found nothing: an empty answer.
-    NotFound,
-    /// Nothing to look up (every field empty or zero): an empty answer.
-    Empty,
-    /// The server's source cannot resolve origins: an empty answer.
-    Unsupported,
-}
-
-impl OriginResult {
-    /// Every result, in the order of their counters.
-    pub const ALL: [Self; 7] = [
-        Self::ContainerId,
-        Self::Pid,
-        Self::Inode,
-        Self::ExternalData,
-        Self::NotFound,
-        Self::Empty,
-        Self::Unsupported,
-    ];
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ContainerId => "container_id",
-            Self::Pid => "pid",
-            Self::Inode => "inode",
-            Self::ExternalData => "external_data",
-            Self::NotFound => "not_found",
-            Self::Empty => "empty",
-            Self::Unsupported => "unsupported",
-        }
-    }
-
-    /// Its position in [`Self::ALL`].
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
-}
 
 /// What an origin asks to look up, in the Agent's order; what the cache is
 /// keyed by.

@@ -3,8 +3,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::origin::OriginResult;
 use crate::domain::Cardinality;
+use crate::origin::OriginResult;
 
 /// A point-in-time copy of the server's counters and gauges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
