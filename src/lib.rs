@@ -15,9 +15,10 @@
 //! clock, opens no socket and draws no randomness of its own: time and a
 //! seed are inputs, so the simulations in `sim/`, the property tests and the
 //! fuzzers drive exactly the transitions production runs. [`RemoteTagger`]
-//! is its tokio/tonic driver: one task that turns the core's commands into
-//! streams and feeds it what arrives, its timers and nothing else. The core
-//! fills the [`mirror`], which any number of threads read without locking.
+//! is its tokio/tonic driver: one task, one `biased` select loop, that
+//! carries out the core's commands (open or drop a stream) and feeds the
+//! core what arrives and when its timer fires. The core fills the
+//! [`mirror`], which any number of threads read without taking a lock.
 //!
 //! # Example
 //!
