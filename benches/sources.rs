@@ -20,10 +20,8 @@ use std::time::{Duration, Instant};
 
 use children::Children;
 use remote_tagger::client::{ClientConfig, RemoteTagger, TlsSettings};
-use remote_tagger::domain::{Entity, EntityEvent, EntityId};
-use remote_tagger::server::{
-    HostScanner, ServeConfig, Server, Source, StoreHandle, diff_entities, scan_host,
-};
+use remote_tagger::domain::{Entity, EntityEvent, EntityId, diff_entities};
+use remote_tagger::server::{HostScanner, ServeConfig, Server, Source, StoreHandle, scan_host};
 
 const SCANS: usize = 31;
 const EXTRA_PROCESSES: usize = 1_000;

@@ -14,7 +14,7 @@ use prost::Message as _;
 use remote_tagger::domain::{Cardinality, EntityEvent};
 use remote_tagger::mirror::MirrorWriter;
 use remote_tagger::proto::model::StreamTagsEvent;
-use remote_tagger::server::{Chunker, Epoch, PrefixFilter, ServiceConfig, Store};
+use remote_tagger::server::{Chunker, Epoch, PrefixFilter, ServiceConfig, SnapshotChunks, Store};
 use remote_tagger::wire::{EventEncoder, decode_event};
 use remote_tagger::workload::{Workload, WorkloadConfig};
 
@@ -101,7 +101,8 @@ fn wire(c: &mut Criterion) {
     store.apply(events);
     group.bench_function("server_snapshot_chunks", |b| {
         b.iter(|| {
-            let chunks = store.snapshot_chunks(Cardinality::High, &PrefixFilter::all(), budget);
+            let snapshot = store.snapshot(&PrefixFilter::all());
+            let chunks = SnapshotChunks::new(snapshot, Cardinality::High, budget);
             chunks.map(|chunk| chunk.events.len()).sum::<usize>()
         })
     });

@@ -4,6 +4,7 @@
 //! the conversions here reject what is malformed with a typed [`DomainError`]
 //! instead of panicking, so one bad event never takes a process down.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -509,6 +510,27 @@ impl EntityEvent {
     }
 }
 
+/// The events that turn the entity set `previous` into `next`: what a
+/// source that sees whole states (the host's scans, the relay's mirror)
+/// applies to the store.
+pub fn diff_entities(
+    previous: &BTreeMap<EntityId, Entity>,
+    next: &BTreeMap<EntityId, Entity>,
+) -> Vec<EntityEvent> {
+    let deleted = previous
+        .keys()
+        .filter(|id| !next.contains_key(*id))
+        .map(|id| EntityEvent::Deleted(id.clone()));
+    let upserted = next
+        .values()
+        .filter_map(|entity| match previous.get(&entity.id) {
+            None => Some(EntityEvent::Added(entity.clone())),
+            Some(old) if old != entity => Some(EntityEvent::Modified(entity.clone())),
+            Some(_) => None,
+        });
+    deleted.chain(upserted).collect()
+}
+
 /// An event the mirror can apply: an owned [`EntityEvent`], or a
 /// [`DecodedEvent`](crate::wire::DecodedEvent) whose strings borrow a
 /// received message (so applying it allocates only what the mirror keeps).
@@ -729,5 +751,33 @@ mod tests {
         assert_eq!(entity_hash(&["a"]), "af63bd4c8601b7be");
         assert_eq!(entity_hash(&["b", "a"]), entity_hash(&["a", "b"]));
         assert_eq!(entity_hash(&["b", "a"]), entity_hash(&["ab"]));
+    }
+
+    #[test]
+    fn diff_produces_added_modified_deleted() {
+        let entity = |id: &str, low: &str| {
+            let mut e = Entity::new(EntityId::parse(id).unwrap());
+            e.low = vec![low.to_owned()];
+            (e.id.clone(), e)
+        };
+        let previous = BTreeMap::from([
+            entity("host://kept", "x"),
+            entity("host://changed", "x"),
+            entity("host://gone", "x"),
+        ]);
+        let next = BTreeMap::from([
+            entity("host://kept", "x"),
+            entity("host://changed", "y"),
+            entity("host://new", "x"),
+        ]);
+        let events = diff_entities(&previous, &next);
+        assert_eq!(
+            events,
+            [
+                EntityEvent::Deleted(EntityId::parse("host://gone").unwrap()),
+                EntityEvent::Modified(next[&EntityId::parse("host://changed").unwrap()].clone()),
+                EntityEvent::Added(next[&EntityId::parse("host://new").unwrap()].clone()),
+            ]
+        );
     }
 }

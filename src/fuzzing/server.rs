@@ -10,13 +10,13 @@ use tokio_stream::StreamExt;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};
 
-use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, KNOWN_PREFIXES};
+use crate::domain::{Cardinality, Entity, EntityEvent, EntityId, KNOWN_PREFIXES, diff_entities};
 use crate::harness::{harness_entity, harness_id};
 use crate::proto::encoded::agent_secure_server::AgentSecure;
 use crate::proto::model::{self as pb, FetchEntityRequest, StreamTagsRequest, StreamTagsResponse};
 use crate::server::{
     Authenticator, Epoch, PrefixFilter, ServiceConfig, Store, StoreHandle, TaggerService,
-    diff_entities, parse_entities_file, read_entities_file, write_entities_file,
+    parse_entities_file, read_entities_file, write_entities_file,
 };
 
 /// The token the service under test accepts.

@@ -306,25 +306,6 @@ fn apply_file(
     (ids, changes)
 }
 
-/// The events that turn the entity set `previous` into `next`.
-pub fn diff_entities(
-    previous: &BTreeMap<EntityId, Entity>,
-    next: &BTreeMap<EntityId, Entity>,
-) -> Vec<EntityEvent> {
-    let deleted = previous
-        .keys()
-        .filter(|id| !next.contains_key(*id))
-        .map(|id| EntityEvent::Deleted(id.clone()));
-    let upserted = next
-        .values()
-        .filter_map(|entity| match previous.get(&entity.id) {
-            None => Some(EntityEvent::Added(entity.clone())),
-            Some(old) if old != entity => Some(EntityEvent::Modified(entity.clone())),
-            Some(_) => None,
-        });
-    deleted.chain(upserted).collect()
-}
-
 /// Why the entities file could not be loaded at startup.
 #[derive(Debug, thiserror::Error)]
 #[error("entities file {}: {reason}", path.display())]
@@ -614,34 +595,6 @@ mod tests {
         assert_eq!(
             read_entities_file(BufReader::with_capacity(7, broken.as_slice())),
             parse_entities_file(&broken)
-        );
-    }
-
-    #[test]
-    fn diff_produces_added_modified_deleted() {
-        let entity = |id: &str, low: &str| {
-            let mut e = Entity::new(EntityId::parse(id).unwrap());
-            e.low = vec![low.to_owned()];
-            (e.id.clone(), e)
-        };
-        let previous = BTreeMap::from([
-            entity("host://kept", "x"),
-            entity("host://changed", "x"),
-            entity("host://gone", "x"),
-        ]);
-        let next = BTreeMap::from([
-            entity("host://kept", "x"),
-            entity("host://changed", "y"),
-            entity("host://new", "x"),
-        ]);
-        let events = diff_entities(&previous, &next);
-        assert_eq!(
-            events,
-            [
-                EntityEvent::Deleted(EntityId::parse("host://gone").unwrap()),
-                EntityEvent::Modified(next[&EntityId::parse("host://changed").unwrap()].clone()),
-                EntityEvent::Added(next[&EntityId::parse("host://new").unwrap()].clone()),
-            ]
         );
     }
 

@@ -9,65 +9,15 @@
 //! (it will reconnect and resync) instead of blocking the sources or growing
 //! memory.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::frames::ChangeBatch;
 use super::stats::{ServerStats, Telemetry, increment};
-use super::store::{Change, PrefixFilter, Snapshot, Store, StoredEntity};
-use crate::domain::{Cardinality, Entity, EntityEvent, EntityId};
-use crate::wire::EventEncoder;
-
-/// Changes applied together, shared by every subscriber.
-pub(crate) type ChangeBatch = Arc<Batch>;
-
-/// The changes of one batch, and their encoded events for each cardinality,
-/// made by the first subscriber that needs them and shared by the others:
-/// with many subscribers, encoding is paid once per change, not once per
-/// subscriber. (A prefix filter only skips events, so it needs no encoding
-/// of its own.)
-pub(crate) struct Batch {
-    changes: Vec<Change>,
-    encoded: [OnceLock<Vec<Bytes>>; Cardinality::ALL.len()],
-}
-
-impl Batch {
-    /// Each change with its encoded `StreamTagsEvent` at `cardinality`.
-    pub(crate) fn encoded(
-        &self,
-        cardinality: Cardinality,
-    ) -> impl Iterator<Item = (&Change, &Bytes)> {
-        let encoded = self.encoded[cardinality as usize].get_or_init(|| {
-            // One allocation per event: a batch may wait long in a slow
-            // subscriber's queue, and must not pin more than its own bytes.
-            let mut encoder = EventEncoder::default();
-            self.changes
-                .iter()
-                .map(|change| encoder.event(&change.event, cardinality))
-                .collect()
-        });
-        self.changes.iter().zip(encoded)
-    }
-}
-
-impl From<Vec<Change>> for Batch {
-    fn from(changes: Vec<Change>) -> Self {
-        Self {
-            changes,
-            encoded: Default::default(),
-        }
-    }
-}
-
-impl std::ops::Deref for Batch {
-    type Target = [Change];
-
-    fn deref(&self) -> &[Change] {
-        &self.changes
-    }
-}
+use super::store::{PrefixFilter, Snapshot, Store, StoredEntity};
+use crate::domain::{Entity, EntityEvent, EntityId};
 
 /// Why the hub ended a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,10 +4,13 @@
 //!
 //! Layers, from the bottom:
 //! - [`Store`]: the pure, synchronous entity store (revisions, change log,
-//!   snapshot chunks).
+//!   snapshots).
 //! - [`StoreHandle`]: the shared store that sources feed and streams
 //!   subscribe to, with bounded per-subscriber buffers.
-//! - [`TaggerService`]: the gRPC service over a handle, with auth.
+//! - `frames`: how snapshots and change batches become responses (chunk
+//!   budget, encoding shared by subscribers, what each response carries).
+//! - [`TaggerService`]: the gRPC service over a handle, with auth: it sends
+//!   what `frames` makes.
 //! - [`serve_incoming`]: runs a service over any stream of connections (a
 //!   TCP listener, or a simulated network).
 //! - [`Server`] / [`serve`]: the whole server from a [`ServeConfig`], as the
@@ -16,6 +19,7 @@
 mod auth;
 mod connections;
 mod entities_file;
+mod frames;
 mod health;
 mod host_source;
 mod hub;
@@ -42,6 +46,7 @@ pub use entities_file::{
     EntitiesFileError, EntitiesFileLoadError, EntitiesFileWatcher, parse_entities_file,
     read_entities_file, write_entities_file,
 };
+pub use frames::{SnapshotChunk, SnapshotChunks};
 pub use health::HEALTH_SERVICE_NAMES;
 pub use host_source::CMDLINE_TAG_MAX_BYTES;
 pub use hub::StoreHandle;
@@ -52,16 +57,13 @@ pub use service::{
     DEFAULT_SHUTDOWN_GRACE, DEFAULT_SUBSCRIBER_BUFFER, ServiceConfig, TaggerService,
 };
 pub use stats::{EventsByCardinality, ServerStats};
-pub use store::{
-    Change, Epoch, PrefixFilter, Snapshot, SnapshotChunk, SnapshotChunks, Store, StoredEntity,
-};
+pub use store::{Change, Epoch, PrefixFilter, Snapshot, Store, StoredEntity};
 pub use tls::{CertFileError, GENERATED_CERT_NAMES, PemProblem, TlsIdentity};
 /// The parts that only the tests, benches and fuzzers call on their own.
 #[cfg(feature = "test-kit")]
 pub use {
-    entities_file::diff_entities,
+    frames::{Chunker, Framer, SnapshotResponses},
     host_source::{HostScanner, PROCESS_REFRESH_SCANS, ScanStats, scan as scan_host},
-    store::Chunker,
 };
 
 use crate::error_text::error_chain;

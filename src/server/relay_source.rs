@@ -14,11 +14,10 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::broadcast::error::RecvError;
 
-use super::entities_file::diff_entities;
 use super::hub::StoreHandle;
 use crate::client::{ClientConfig, ClientError, RemoteTagger};
 use crate::core::{ConnectionState, Event};
-use crate::domain::{Cardinality, Entity, EntityId, KNOWN_PREFIXES};
+use crate::domain::{Cardinality, Entity, EntityId, KNOWN_PREFIXES, diff_entities};
 use crate::mirror::{EntityChange, MirrorReader};
 
 /// A relay: the client mirroring the upstream.

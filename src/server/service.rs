@@ -19,22 +19,14 @@
 //! OK: Datadog's Rust client reopens at once after an OK end, where an
 //! error makes it back off (so does ours).
 //!
-//! The `revision` of a response is a resume point: once a client has applied
-//! that response, it holds the store's state at that revision (for its
-//! prefixes and cardinality). Snapshot chunks carry the snapshot's revision,
-//! which is only a valid resume point once the chunk marked
-//! `snapshotComplete` has arrived; live and resumed responses carry the
-//! revision of their last change (the last response of a batch, the batch's
-//! end even if later changes were filtered out); keep-alives carry the last
-//! revision sent; the empty placeholder a stream gets while it waits for a
-//! snapshot slot carries 0 (nothing to resume from yet).
+//! What each response holds and the revision it carries (a resume point)
+//! are the `frames` module's: this service decides when to send.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::Stream;
@@ -42,9 +34,10 @@ use tonic::{Request, Response, Status};
 
 use super::auth::Authenticator;
 use super::connections::Admission;
-use super::hub::{ChangeBatch, ResumeRefused, Stop, StoreHandle};
+use super::frames::{self, ChangeBatch, Framer, SnapshotResponses};
+use super::hub::{ResumeRefused, Stop, StoreHandle};
 use super::stats::{GaugeGuard, Telemetry, increment};
-use super::store::{Chunker, PrefixFilter, SnapshotChunks};
+use super::store::PrefixFilter;
 use crate::defaults;
 use crate::domain::{Cardinality, EntityId};
 use crate::proto::encoded::EncodedStreamTagsResponse;
@@ -133,7 +126,7 @@ impl ServiceConfig {
     /// The summed size of encoded events at which a response is cut (the
     /// first event of a response always goes, however large).
     pub fn chunk_budget(&self) -> usize {
-        (self.max_message_size / 2).min(defaults::CHUNK_TARGET)
+        frames::chunk_budget(self.max_message_size)
     }
 }
 
@@ -380,13 +373,12 @@ impl Halt {
     }
 }
 
-/// The sending end of one stream, with the state every response needs.
+/// The sending end of one stream, with what makes its responses.
 struct Sink<'a> {
     responses: ResponseSender,
     config: &'a ServiceConfig,
     telemetry: &'a Telemetry,
-    cardinality: Cardinality,
-    epoch: String,
+    framer: Framer,
     last_send: Instant,
     /// Store revision the client holds everything of (for this filter and
     /// cardinality); keep-alives carry it. 0 until the first sync.
@@ -394,16 +386,6 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    fn response(&self, events: Vec<Bytes>, revision: u64) -> EncodedStreamTagsResponse {
-        EncodedStreamTagsResponse {
-            events,
-            revision,
-            snapshot_complete: false,
-            server_epoch: self.epoch.clone(),
-            resumed: false,
-        }
-    }
-
     async fn send(
         &mut self,
         response: EncodedStreamTagsResponse,
@@ -415,7 +397,8 @@ impl Sink<'_> {
             .send(response);
         self.last_send = Instant::now();
         increment(&self.telemetry.sends);
-        self.telemetry.count_events(self.cardinality, events);
+        self.telemetry
+            .count_events(self.framer.cardinality(), events);
         Ok(())
     }
 
@@ -443,7 +426,7 @@ impl Sink<'_> {
     }
 
     async fn send_keepalive(&mut self, halt: &mut Halt) -> Result<(), StreamEnd> {
-        let keepalive = self.response(Vec::new(), self.synced_revision);
+        let keepalive = self.framer.keepalive(self.synced_revision);
         self.send(keepalive, halt).await?;
         increment(&self.telemetry.keepalives);
         Ok(())
@@ -458,30 +441,15 @@ impl Sink<'_> {
         batches: &[ChangeBatch],
         end_revision: u64,
         filter: &PrefixFilter,
-        mut resumed: bool,
+        resumed: bool,
         halt: &mut Halt,
     ) -> Result<(), StreamEnd> {
-        let mut chunker = Chunker::new(self.config.chunk_budget());
-        // Revision of the last change in the open chunk: once a client has a
-        // chunk, it holds everything up to there.
-        let mut chunk_revision = self.synced_revision;
-        let cardinality = self.cardinality;
-        for (change, event) in batches.iter().flat_map(|batch| batch.encoded(cardinality)) {
-            if !filter.matches(change.event.id()) {
-                continue;
-            }
-            if let Some(events) = chunker.push(event.clone()) {
-                let mut response = self.response(events, chunk_revision);
-                response.resumed = std::mem::take(&mut resumed);
-                self.send(response, halt).await?;
-                self.synced_revision = chunk_revision;
-            }
-            chunk_revision = change.revision;
-        }
-        if !chunker.is_empty() || resumed {
-            let mut response = self.response(chunker.take(), end_revision);
-            response.resumed = resumed;
+        let responses =
+            self.framer
+                .changes(batches, filter, self.synced_revision, end_revision, resumed);
+        for (response, synced_revision) in responses {
             self.send(response, halt).await?;
+            self.synced_revision = synced_revision;
         }
         self.synced_revision = end_revision;
         Ok(())
@@ -531,8 +499,11 @@ impl TaggerService {
             responses,
             config,
             telemetry,
-            cardinality: request.cardinality,
-            epoch: inner.store.epoch().as_str().to_owned(),
+            framer: Framer::new(
+                inner.store.epoch(),
+                request.cardinality,
+                config.chunk_budget(),
+            ),
             last_send: Instant::now(),
             synced_revision: 0,
         };
@@ -632,11 +603,8 @@ impl TaggerService {
         };
         halt.subscription = Some(subscription.stop);
         let revision = snapshot.revision;
-        let chunks = snapshot.into_chunks(request.cardinality, inner.config.chunk_budget());
-        if let Err(end) = self
-            .send_snapshot(chunks, revision, slot, sink, &mut halt)
-            .await
-        {
+        let responses = sink.framer.snapshot(snapshot);
+        if let Err(end) = self.send_snapshot(responses, slot, sink, &mut halt).await {
             return end;
         }
         increment(&telemetry.snapshots_sent);
@@ -644,7 +612,7 @@ impl TaggerService {
         live(subscription.batches, &request.filter, sink, &mut halt).await
     }
 
-    /// Sends a snapshot's `chunks`, producing each with a snapshot slot
+    /// Sends a snapshot's `responses`, producing each with a snapshot slot
     /// held. When the client has not taken the last chunk yet, the slot goes
     /// back while the stream waits for it (up to the send timeout), and is
     /// taken again to go on: a client that does not read keeps no slot from
@@ -653,8 +621,7 @@ impl TaggerService {
     /// timeout; `max_subscriptions` bounds how many streams do.
     async fn send_snapshot(
         &self,
-        mut chunks: SnapshotChunks,
-        revision: u64,
+        mut responses: SnapshotResponses,
         slot: SnapshotSlot<'_>,
         sink: &mut Sink<'_>,
         halt: &mut Halt,
@@ -671,13 +638,12 @@ impl TaggerService {
                 slot = Some(self.snapshot_slot(sink, halt, false).await?);
             }
             // Encoded here, with the slot held.
-            let Some(chunk) = chunks.next() else {
+            let Some(response) = responses.next() else {
                 return Ok(());
             };
-            let mut response = sink.response(chunk.events, revision);
-            response.snapshot_complete = chunk.complete;
+            let complete = response.snapshot_complete;
             sink.send(response, halt).await?;
-            if chunk.complete {
+            if complete {
                 return Ok(());
             }
         }
@@ -699,7 +665,7 @@ impl TaggerService {
             Err(_) => {
                 let _waiting = GaugeGuard::raise(&telemetry.snapshots_waiting);
                 if first {
-                    sink.send(sink.response(Vec::new(), 0), halt).await?;
+                    sink.send(sink.framer.placeholder(), halt).await?;
                 }
                 let acquire = slots.acquire();
                 tokio::pin!(acquire);

@@ -1,5 +1,8 @@
 //! The server's entity store: a pure, synchronous state machine (no I/O, no
 //! async runtime), so it can be tested exhaustively and driven by a simulation.
+//! It holds state; how responses are made of that state is the `frames`
+//! module's business (each entity is kept with its High snapshot event
+//! already encoded, see [`StoredEntity`], so that a snapshot costs a copy).
 //!
 //! Every effective change gets the next store revision and is kept in a
 //! bounded change log; a client that reconnects to the same store instance
@@ -95,52 +98,6 @@ impl PrefixFilter {
     }
 }
 
-/// Groups encoded events into responses whose summed event sizes stay
-/// within a byte budget. The first event of a chunk always goes, even when it
-/// alone is larger than the budget: refusing it would stall the stream forever.
-#[derive(Debug)]
-pub struct Chunker {
-    budget: usize,
-    events: Vec<Bytes>,
-    size: usize,
-}
-
-impl Chunker {
-    pub fn new(budget: usize) -> Self {
-        Self {
-            budget,
-            events: Vec::new(),
-            size: 0,
-        }
-    }
-
-    /// Adds `event` (an encoded `StreamTagsEvent`). When it does not fit in
-    /// the current chunk, that chunk is closed and returned, and `event`
-    /// starts the next one.
-    pub fn push(&mut self, event: Bytes) -> Option<Vec<Bytes>> {
-        let len = event.len();
-        let closed = if !self.events.is_empty() && self.size.saturating_add(len) > self.budget {
-            self.size = 0;
-            Some(std::mem::take(&mut self.events))
-        } else {
-            None
-        };
-        self.size = self.size.saturating_add(len);
-        self.events.push(event);
-        closed
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
-    }
-
-    /// Takes the events of the open chunk (possibly none).
-    pub fn take(&mut self) -> Vec<Bytes> {
-        self.size = 0;
-        std::mem::take(&mut self.events)
-    }
-}
-
 /// An entity as the store holds it, with its snapshot event at High
 /// cardinality encoded once, when it is stored. Datadog's remote taggers all
 /// ask for High, so a snapshot copies these bytes instead of encoding every
@@ -169,7 +126,7 @@ impl StoredEntity {
 
     /// The encoded ADDED event of this entity as a subscriber of
     /// `cardinality` sees it.
-    fn added(&self, encoder: &mut EventEncoder, cardinality: Cardinality) -> Bytes {
+    pub(crate) fn added(&self, encoder: &mut EventEncoder, cardinality: Cardinality) -> Bytes {
         if cardinality == Cardinality::High {
             self.added_high.clone()
         } else {
@@ -179,78 +136,12 @@ impl StoredEntity {
 }
 
 /// The matching entities of the store at one revision. Taking it is cheap
-/// (shared pointers); chunks are made (events encoded, or at High the stored
-/// events shared) one at a time while it is sent, so a subscriber holds at
-/// most one chunk at a time.
+/// (shared pointers); the responses are made of it while it is sent (see
+/// [`SnapshotChunks`](super::SnapshotChunks)).
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub revision: u64,
     pub entities: Vec<Arc<StoredEntity>>,
-}
-
-impl Snapshot {
-    /// The snapshot as ADDED events reduced to `cardinality`, in chunks of at
-    /// most `budget` summed event bytes (an event larger than `budget` goes
-    /// alone in its chunk).
-    pub fn into_chunks(self, cardinality: Cardinality, budget: usize) -> SnapshotChunks {
-        SnapshotChunks {
-            entities: self.entities.into_iter(),
-            cardinality,
-            encoder: EventEncoder::with_block_size(SNAPSHOT_BLOCK_SIZE),
-            chunker: Chunker::new(budget),
-            finished: false,
-        }
-    }
-}
-
-/// Snapshot events are encoded into blocks of this size (see
-/// [`EventEncoder`]).
-const SNAPSHOT_BLOCK_SIZE: usize = 64 * 1024;
-
-/// One response's worth of a snapshot.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SnapshotChunk {
-    /// Encoded `StreamTagsEvent`s.
-    pub events: Vec<Bytes>,
-    /// True on the last chunk. An empty snapshot is one empty, complete chunk,
-    /// so a client always learns that the snapshot is over.
-    pub complete: bool,
-}
-
-/// Iterator over the chunks of a [`Snapshot`]; yields at least one chunk.
-#[derive(Debug)]
-pub struct SnapshotChunks {
-    entities: std::vec::IntoIter<Arc<StoredEntity>>,
-    cardinality: Cardinality,
-    /// Shared blocks: a chunk is sent and dropped at once, so nothing pins
-    /// a block for long.
-    encoder: EventEncoder,
-    chunker: Chunker,
-    finished: bool,
-}
-
-impl Iterator for SnapshotChunks {
-    type Item = SnapshotChunk;
-
-    fn next(&mut self) -> Option<SnapshotChunk> {
-        if self.finished {
-            return None;
-        }
-        for entity in self.entities.by_ref() {
-            let event = entity.added(&mut self.encoder, self.cardinality);
-            if let Some(events) = self.chunker.push(event) {
-                return Some(SnapshotChunk {
-                    events,
-                    complete: false,
-                });
-            }
-        }
-        self.finished = true;
-        Some(SnapshotChunk {
-            events: self.chunker.take(),
-            complete: true,
-        })
-    }
 }
 
 /// The entity store with its revision counter and bounded change log.
@@ -388,16 +279,6 @@ impl Store {
         }
     }
 
-    /// The snapshot a new subscriber gets, as response-sized chunks.
-    pub fn snapshot_chunks(
-        &self,
-        cardinality: Cardinality,
-        filter: &PrefixFilter,
-        budget: usize,
-    ) -> SnapshotChunks {
-        self.snapshot(filter).into_chunks(cardinality, budget)
-    }
-
     /// Every change after `revision`, if `epoch` is this store's and the log
     /// still holds all of them; `None` means the client needs a snapshot.
     /// A revision ahead of the store (impossible for an honest client of this
@@ -411,14 +292,12 @@ impl Store {
     }
 }
 
+/// Shared with the tests of the other server modules.
 #[cfg(test)]
-mod tests {
-    use prost::Message as _;
-
+pub(crate) mod tests {
     use super::*;
-    use crate::proto::model as pb;
 
-    fn entity(id: &str, low: &[&str], orchestrator: &[&str], high: &[&str]) -> Entity {
+    pub(crate) fn entity(id: &str, low: &[&str], orchestrator: &[&str], high: &[&str]) -> Entity {
         let mut entity = Entity::new(EntityId::parse(id).unwrap());
         entity.low = low.iter().map(|t| t.to_string()).collect();
         entity.orchestrator = orchestrator.iter().map(|t| t.to_string()).collect();
@@ -427,7 +306,7 @@ mod tests {
         entity
     }
 
-    fn store() -> Store {
+    pub(crate) fn store() -> Store {
         Store::new(Epoch::from_seed(1), 100)
     }
 
@@ -517,119 +396,6 @@ mod tests {
             EntityEvent::Deleted(future.id),
         ]);
         assert_eq!((store.len(), store.unknown_prefix_entities()), (2, 1));
-    }
-
-    #[test]
-    fn snapshot_filters_reduces_and_marks_the_last_chunk() {
-        let mut store = store();
-        store.apply([
-            EntityEvent::Added(entity("container_id://a", &["l"], &["o"], &["h"])),
-            EntityEvent::Added(entity("host://b", &["l"], &["o"], &["h"])),
-        ]);
-        let filter = PrefixFilter::from_request(&["container_id".into()]);
-        let chunks: Vec<SnapshotChunk> = store
-            .snapshot_chunks(Cardinality::Orchestrator, &filter, usize::MAX)
-            .collect();
-        assert_eq!(chunks.len(), 1);
-        assert!(chunks[0].complete);
-        let [event] = chunks[0].events.as_slice() else {
-            panic!("expected one event, got {:?}", chunks[0].events)
-        };
-        let event = pb::StreamTagsEvent::decode(event.as_ref()).unwrap();
-        assert_eq!(event.r#type, pb::EventType::Added as i32);
-        let wire = event.entity.as_ref().unwrap();
-        assert_eq!(wire.id.as_ref().unwrap().uid, "a");
-        assert_eq!(wire.low_cardinality_tags, ["l"]);
-        assert_eq!(wire.orchestrator_cardinality_tags, ["o"]);
-        assert!(wire.high_cardinality_tags.is_empty());
-        assert_eq!(wire.standard_tags, ["env:test"]);
-    }
-
-    /// The events of a snapshot, decoded, with the chunks' boundaries dropped.
-    fn snapshot_events(store: &Store, cardinality: Cardinality) -> Vec<pb::StreamTagsEvent> {
-        store
-            .snapshot_chunks(cardinality, &PrefixFilter::all(), usize::MAX)
-            .flat_map(|chunk| chunk.events)
-            .map(|event| pb::StreamTagsEvent::decode(event.as_ref()).unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn a_cached_high_event_is_the_entity_encoded_and_goes_when_the_entity_changes() {
-        let mut store = store();
-        let a = entity("container_id://a", &["l"], &["o"], &["h"]);
-        store.apply([EntityEvent::Added(a.clone())]);
-        let expected = |entity: &Entity, cardinality| {
-            pb::StreamTagsEvent::decode(EventEncoder::default().added(entity, cardinality).as_ref())
-                .unwrap()
-        };
-        assert_eq!(
-            snapshot_events(&store, Cardinality::High),
-            [expected(&a, Cardinality::High)]
-        );
-        // Snapshots send the bytes encoded when the entity was stored.
-        let sent = || {
-            let mut chunks = store.snapshot_chunks(Cardinality::High, &PrefixFilter::all(), 1);
-            chunks.next().unwrap().events.remove(0)
-        };
-        let (first, second) = (sent(), sent());
-        assert_eq!(first.as_ptr(), second.as_ptr());
-        // Other cardinalities are encoded as asked, not served from the cache.
-        assert_eq!(
-            snapshot_events(&store, Cardinality::Low),
-            [expected(&a, Cardinality::Low)]
-        );
-        let a2 = entity("container_id://a", &["l"], &["o"], &["h2"]);
-        store.apply([EntityEvent::Modified(a2.clone())]);
-        assert_eq!(
-            snapshot_events(&store, Cardinality::High),
-            [expected(&a2, Cardinality::High)]
-        );
-    }
-
-    #[test]
-    fn empty_snapshot_is_one_empty_complete_chunk() {
-        let chunks: Vec<SnapshotChunk> = store()
-            .snapshot_chunks(Cardinality::High, &PrefixFilter::all(), 10)
-            .collect();
-        assert_eq!(
-            chunks,
-            [SnapshotChunk {
-                events: vec![],
-                complete: true
-            }]
-        );
-    }
-
-    #[test]
-    fn chunks_respect_the_budget_but_always_take_a_first_event() {
-        let mut store = store();
-        let big = "x".repeat(1000);
-        store.apply(
-            (0..10)
-                .map(|i| EntityEvent::Added(entity(&format!("process://{i}"), &[&big], &[], &[]))),
-        );
-        let event_size = store
-            .snapshot_chunks(Cardinality::High, &PrefixFilter::all(), usize::MAX)
-            .next()
-            .unwrap()
-            .events[0]
-            .len();
-        // Three events fit in the budget, a fourth does not.
-        let budget = event_size * 3 + event_size / 2;
-        let chunks: Vec<SnapshotChunk> = store
-            .snapshot_chunks(Cardinality::High, &PrefixFilter::all(), budget)
-            .collect();
-        let sizes: Vec<usize> = chunks.iter().map(|c| c.events.len()).collect();
-        assert_eq!(sizes, [3, 3, 3, 1]);
-        let complete: Vec<bool> = chunks.iter().map(|c| c.complete).collect();
-        assert_eq!(complete, [false, false, false, true]);
-        // A budget below one event still makes progress: one event per chunk.
-        let tiny: Vec<SnapshotChunk> = store
-            .snapshot_chunks(Cardinality::High, &PrefixFilter::all(), 1)
-            .collect();
-        assert_eq!(tiny.len(), 10);
-        assert!(tiny.iter().all(|c| c.events.len() == 1));
     }
 
     #[test]

@@ -27,10 +27,9 @@ use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::entities_file::diff_entities;
 use super::hub::StoreHandle;
 use super::stats::add;
-use crate::domain::{Entity, EntityEvent, EntityId};
+use crate::domain::{Entity, EntityEvent, EntityId, diff_entities};
 
 pub use procfs::CMDLINE_TAG_MAX_BYTES;
 pub use scanner::{HostScanner, ScanStats};
