@@ -208,11 +208,19 @@ impl<T> Index<T> {
 
     /// Puts `value` in place of the entry `eq` accepts and returns that
     /// one, or gives `value` back if there is none.
-    pub(super) fn replace(&mut self, hash: u64, eq: impl FnMut(&T) -> bool, value: T) -> Result<T, T> {
+    pub(super) fn replace(
+        &mut self,
+        hash: u64,
+        eq: impl FnMut(&T) -> bool,
+        value: T,
+    ) -> Result<T, T> {
         let Some((bucket, slot)) = self.position(hash, eq) else {
             return Err(value);
         };
-        let old = std::mem::replace(&mut self.buckets[bucket].slots[slot], MaybeUninit::new(value));
+        let old = std::mem::replace(
+            &mut self.buckets[bucket].slots[slot],
+            MaybeUninit::new(value),
+        );
         // SAFETY: `position` returns occupied slots.
         Ok(unsafe { old.assume_init() })
     }
@@ -407,7 +415,10 @@ mod tests {
         }
         // Remove every third, then add some back and new ones.
         for key in (0..3000).step_by(3) {
-            assert_eq!(index.remove(crowded(key).hash, |e| e.key == key), Some(crowded(key)));
+            assert_eq!(
+                index.remove(crowded(key).hash, |e| e.key == key),
+                Some(crowded(key))
+            );
             held.remove(&key);
         }
         for key in (0..600).step_by(3).chain(3000..3300) {
