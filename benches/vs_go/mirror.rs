@@ -32,6 +32,8 @@ const WRITER_ENTITIES: usize = 10_000;
 /// The floor's buffer: far over what this machine's caches hold, about a
 /// mirror's records plus the ids a caller looks up.
 const FLOOR_BYTES: usize = 64 << 20;
+/// Ids the hot lookups cycle over, as the yardstick's `--hot 1000`.
+const HOT_IDS: usize = 1000;
 /// Our server's response size, into which the staging row cuts a snapshot.
 const RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -121,6 +123,17 @@ impl LookupRow {
         })
     }
 
+    /// Lookups cycling over the first [`HOT_IDS`] ids: ids, index buckets
+    /// and records all in cache, what a lookup costs besides its misses.
+    fn hot_lookups_ns(&self, reader: &MirrorReader) -> f64 {
+        let hot = &self.ids[..HOT_IDS.min(self.ids.len())];
+        self.time(|at, count| {
+            for k in at..at + count {
+                black_box(reader.tags(&hot[k % hot.len()], Cardinality::High));
+            }
+        })
+    }
+
     fn packed_lookups_ns(&self, reader: &MirrorReader) -> f64 {
         let mut next = self.packed.cycle();
         self.time(|_, count| {
@@ -143,6 +156,7 @@ impl Row for LookupRow {
         let floor_before = self.floor_ns();
         let single = self.lookups_ns(&reader);
         let packed = self.packed_lookups_ns(&reader);
+        let hot = self.hot_lookups_ns(&reader);
         let churn = Churn::new(&self.entities);
         let (with_writer, writer_rate) = while_writing(writer, churn, || self.lookups_ns(&reader));
         let floor_after = self.floor_ns();
@@ -150,6 +164,7 @@ impl Row for LookupRow {
             ("floor_ns", (floor_before + floor_after) / 2.0),
             ("single_ns", single),
             ("packed_ns", packed),
+            ("hot_ns", hot),
             ("writer_ns", with_writer),
             ("writer_events_per_s", writer_rate),
         ])
@@ -198,6 +213,12 @@ impl Row for LookupRow {
                 go: None,
                 ours: nanos(ours["packed_ns"]),
                 ratio: against_floor("packed_ns", None),
+            },
+            Line {
+                measure: format!("  the same, {HOT_IDS} hot ids (all in cache)"),
+                go: None,
+                ours: nanos(ours["hot_ns"]),
+                ratio: against_floor("hot_ns", None),
             },
             Line {
                 measure: format!(
