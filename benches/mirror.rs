@@ -22,7 +22,7 @@ use remote_tagger::workload::{Workload, WorkloadConfig};
 /// freeing the events' strings (which `apply` and `replace_all` consume)
 /// costs more than the mirror's own work (measured with perf).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: remote_tagger::alloc::Mimalloc = remote_tagger::alloc::Mimalloc;
 
 const ENTITIES: usize = 100_000;
 const SEED: u64 = 1;

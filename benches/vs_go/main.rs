@@ -37,7 +37,7 @@ use yardstick::{Entities, Figures, Line, Round, Settings, Yardstick};
 
 /// The allocator the `remote-tagger` binary ships with.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: remote_tagger::alloc::Mimalloc = remote_tagger::alloc::Mimalloc;
 
 /// One measure of the table: both sides' figures and how ours compares.
 /// A row is built once (preparing its inputs, outside any timing) and

@@ -358,6 +358,8 @@ mod tests {
     struct Entry {
         key: u32,
         hash: u64,
+        /// Tells apart values of one key (a replacement's).
+        version: u32,
     }
 
     impl TableEntry for Entry {
@@ -380,6 +382,7 @@ mod tests {
         Entry {
             key,
             hash: bucket_bits | (u64::from(key) << 8) | tag,
+            version: 0,
         }
     }
 
@@ -400,7 +403,9 @@ mod tests {
                 bucket.tags[position] = tag;
                 bucket.overflow = tag;
                 assert_eq!(bucket.matching(tag), 1 << position, "{tag} at {position}");
-                assert_eq!(bucket.matching(tag ^ 1), 0, "{tag} at {position}");
+                // Another tag (never EMPTY, which no hash has) matches nothing.
+                let other = if tag ^ 1 == EMPTY { 2 } else { tag ^ 1 };
+                assert_eq!(bucket.matching(other), 0, "{tag} at {position}");
             }
         }
     }
@@ -461,6 +466,7 @@ mod tests {
         let same = |key: u32| Entry {
             key,
             hash: u64::from(key) << 8 | 7,
+            version: 0,
         };
         let mut index = Index::with_capacity(2000);
         for key in 0..2000 {
@@ -482,9 +488,17 @@ mod tests {
     #[test]
     fn replace_keeps_the_slot_and_candidates_are_the_first_bucket() {
         let mut index = Index::with_capacity(10);
-        let a = Entry { key: 1, hash: 42 };
+        let a = Entry {
+            key: 1,
+            hash: 42,
+            version: 0,
+        };
         index.insert_unique(a.hash, a);
-        let b = Entry { key: 2, hash: 42 };
+        let b = Entry {
+            key: 2,
+            hash: 42,
+            version: 0,
+        };
         assert_eq!(index.replace(42, |e| e.key == 1, b), Ok(a));
         assert_eq!(index.replace(42, |e| e.key == 1, b), Err(b));
         assert_eq!(index.len(), 1);
@@ -496,6 +510,81 @@ mod tests {
         assert_eq!(copy.find(42, |e| e.key == 2), Some(&b));
         assert_eq!(index.take_all(), [b]);
         assert_eq!(copy.len(), 1);
+    }
+
+    /// What the model test does to the index and to a map of the same keys.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Insert(u32),
+        Remove(u32),
+        Replace(u32),
+        Find(u32),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        // Few keys, so steps hit the same ones; `crowded` hashes crowd them.
+        let key = 0..400u32;
+        prop_oneof![
+            3 => key.clone().prop_map(Step::Insert),
+            2 => key.clone().prop_map(Step::Remove),
+            1 => key.clone().prop_map(Step::Replace),
+            2 => key.prop_map(Step::Find),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any sequence of inserts, removals and replacements leaves the
+        /// index holding exactly what a map would, through growth and
+        /// chains past full buckets: every present key found with its
+        /// value, no absent one found.
+        #[test]
+        fn the_index_holds_exactly_what_a_map_would(
+            steps in proptest::collection::vec(step(), 1..600),
+            capacity in 0..64usize,
+        ) {
+            let mut index = Index::with_capacity(capacity);
+            // Key to the entry the index should hold for it.
+            let mut model = std::collections::BTreeMap::new();
+            let mut generation = 0u32;
+            for step in steps {
+                match step {
+                    Step::Insert(key) if !model.contains_key(&key) => {
+                        index.insert_unique(crowded(key).hash, crowded(key));
+                        model.insert(key, crowded(key));
+                    }
+                    Step::Insert(_) => {}
+                    Step::Remove(key) => {
+                        let removed = index.remove(crowded(key).hash, |e| e.key == key);
+                        proptest::prop_assert_eq!(removed, model.remove(&key));
+                    }
+                    Step::Replace(key) => {
+                        generation += 1;
+                        let new = Entry { version: generation, ..crowded(key) };
+                        let replaced = index.replace(crowded(key).hash, |e| e.key == key, new);
+                        match model.get_mut(&key) {
+                            Some(old) => {
+                                proptest::prop_assert_eq!(replaced, Ok(*old));
+                                *old = new;
+                            }
+                            None => proptest::prop_assert_eq!(replaced, Err(new)),
+                        }
+                    }
+                    Step::Find(key) => {
+                        let found = index.find(crowded(key).hash, |e| e.key == key).copied();
+                        proptest::prop_assert_eq!(found, model.get(&key).copied());
+                    }
+                }
+                proptest::prop_assert_eq!(index.len(), model.len());
+            }
+            for key in 0..400 {
+                let found = index.find(crowded(key).hash, |e| e.key == key).copied();
+                proptest::prop_assert_eq!(found, model.get(&key).copied(), "key {}", key);
+            }
+            let mut listed: Vec<u32> = index.iter().map(|e| e.key).collect();
+            listed.sort_unstable();
+            proptest::prop_assert_eq!(listed, model.keys().copied().collect::<Vec<_>>());
+        }
     }
 
     #[test]

@@ -299,3 +299,42 @@ impl left_right::Absorb<Op> for Store {
         *self = unsafe { first.alias() };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::{Entity, EntityId};
+
+    use super::super::record::{Interner, ListHashes};
+    use super::*;
+
+    fn record(interner: &mut Interner, id: &EntityId) -> Record {
+        let entity = Entity::new(id.clone());
+        let entity = entity.as_ref();
+        interner.record(&entity, &ListHashes::of(&entity), None)
+    }
+
+    /// The index matches hashes only: ids that share one (and so a bucket
+    /// and a tag) are told apart by the id the record holds.
+    #[test]
+    fn ids_that_share_a_hash_are_told_apart_by_the_record() {
+        let mut interner = Interner::default();
+        let mut store = Store::with_capacity(4);
+        let ids: Vec<EntityId> = ["container_id://a", "container_id://b", "process://a"]
+            .iter()
+            .map(|text| EntityId::parse(text).unwrap())
+            .collect();
+        const SHARED: u64 = 0x1234_5678_9abc_def0;
+        for id in &ids[..2] {
+            store.insert_unique(SHARED, id, record(&mut interner, id));
+        }
+        for id in &ids[..2] {
+            let found = store
+                .get_hashed(SHARED, IdKey::of(id))
+                .map(Record::entity_id);
+            assert_eq!(found.as_ref(), Some(id));
+        }
+        assert!(store.get_hashed(SHARED, IdKey::of(&ids[2])).is_none());
+        // SAFETY: no other copy holds these records.
+        unsafe { store.release_all() };
+    }
+}
