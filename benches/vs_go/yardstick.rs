@@ -167,6 +167,12 @@ impl Yardstick {
         output_of(Command::new(&self.go_tagger).args(args))
     }
 
+    /// Runs `go-tagger ARGS` to its end and returns the figures it printed
+    /// (see [`GoFigures`]); [`Round::go_run`] runs it once per round.
+    pub fn figures(&self, args: &[&str]) -> Result<GoFigures, String> {
+        self.run(args).map(|output| GoFigures::parse(&output))
+    }
+
     /// A `go-tagger ARGS` command, for one that runs alongside (a server).
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.go_tagger);
@@ -432,7 +438,7 @@ impl<'y> Round<'y> {
         let key: Vec<String> = args.iter().map(|&arg| arg.to_owned()).collect();
         self.go_runs
             .entry(key)
-            .or_insert_with(|| go.run(args).map(|output| GoFigures::parse(&output)))
+            .or_insert_with(|| go.figures(args))
             .clone()
     }
 

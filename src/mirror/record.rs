@@ -491,6 +491,17 @@ impl Interner {
         self.len_after_sweep = self.strings.len() + self.lists.len();
     }
 
+    /// Whether the interner holds no string and no list.
+    pub(super) fn is_empty(&self) -> bool {
+        self.strings.is_empty() && self.lists.is_empty()
+    }
+
+    /// Takes the tables as they are for swept, their caller knowing that
+    /// every value is referenced (so a sweep would keep them all).
+    pub(super) fn count_as_swept(&mut self) {
+        self.len_after_sweep = self.strings.len() + self.lists.len();
+    }
+
     /// Sweeps if the tables have doubled since the last sweep.
     pub(super) fn sweep_if_grown(&mut self) {
         let len = self.strings.len() + self.lists.len();
