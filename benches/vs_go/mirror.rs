@@ -442,9 +442,9 @@ impl Row for ApplyRow {
         ])
     }
 
-    /// [`APPLY_RUNS`] runs of `go-tagger lookup` with 1000 lookups and no
-    /// writer, for their snapshot apply (the lookup row's run is not one of
-    /// them).
+    /// [`APPLY_RUNS`] runs of `go-tagger lookup` with 1000 lookups (its
+    /// writer, which follows the apply, then runs only as long), for their
+    /// snapshot apply; the lookup row's run is not one of them.
     fn go(&mut self, _: &mut Round<'_>, go: &Yardstick) -> Result<Figures, String> {
         let (entities, seed) = (ENTITIES.to_string(), SEED.to_string());
         let args = [
@@ -458,8 +458,6 @@ impl Row for ApplyRow {
             "--batch",
             "1000",
             "--hot",
-            "0",
-            "--writer-rate",
             "0",
         ];
         let (mut apply, mut decode) = (Vec::new(), Vec::new());
