@@ -18,6 +18,10 @@ use remote_tagger::rng::SplitMix64;
 use remote_tagger::wire::{EventEncoder, decode_event};
 use remote_tagger::workload::{Workload, WorkloadConfig};
 
+#[path = "common/packed_ids.rs"]
+mod packed_ids;
+use packed_ids::PackedIds;
+
 /// The allocator the `remote-tagger` binary ships with: with glibc's malloc,
 /// freeing the events' strings (which `apply` and `replace_all` consume)
 /// costs more than the mirror's own work (measured with perf).
@@ -47,38 +51,6 @@ fn shuffled_ids(workload: &Workload) -> Vec<String> {
         ids.swap(i, j);
     }
     ids
-}
-
-/// The same ids in the same order, packed end to end in one string: walked
-/// in order, the hardware prefetcher brings each id in before its lookup, as
-/// when the caller has just read the id from the data it is tagging. With
-/// `Vec<String>` ids, each lookup first misses the cache on the caller's
-/// own id string, a miss that is not the mirror's.
-struct PackedIds {
-    text: String,
-    ends: Vec<usize>,
-}
-
-impl PackedIds {
-    fn new(ids: &[String]) -> Self {
-        let mut text = String::new();
-        let ends = ids
-            .iter()
-            .map(|id| {
-                text.push_str(id);
-                text.len()
-            })
-            .collect();
-        Self { text, ends }
-    }
-
-    fn cycle(&self) -> impl Iterator<Item = &str> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        let ids = starts
-            .zip(&self.ends)
-            .map(|(start, &end)| &self.text[start..end]);
-        ids.cycle()
-    }
 }
 
 /// Lookups per [`MirrorReader::view`] in the view benches: a batch of work,

@@ -84,16 +84,16 @@ mod tests {
                 unsafe {
                     let block = Mimalloc.alloc(layout);
                     assert!(
-                        !block.is_null() && block.addr() % align == 0,
+                        !block.is_null() && block.addr().is_multiple_of(align),
                         "{size} {align}"
                     );
                     block.write_bytes(0xa5, size);
                     let grown = Mimalloc.realloc(block, layout, size * 3);
-                    assert!(grown.addr() % align == 0, "{size} {align}");
+                    assert!(grown.addr().is_multiple_of(align), "{size} {align}");
                     assert_eq!(*grown.add(size - 1), 0xa5);
                     Mimalloc.dealloc(grown, Layout::from_size_align(size * 3, align).unwrap());
                     let zeroed = Mimalloc.alloc_zeroed(layout);
-                    assert!(zeroed.addr() % align == 0);
+                    assert!(zeroed.addr().is_multiple_of(align));
                     assert!((0..size).all(|at| *zeroed.add(at) == 0));
                     Mimalloc.dealloc(zeroed, layout);
                 }

@@ -31,6 +31,8 @@
 //! Figures are printed, never asserted.
 
 mod mirror;
+#[path = "../common/packed_ids.rs"]
+mod packed_ids;
 mod yardstick;
 
 use yardstick::{Entities, Figures, Line, Round, Settings, Yardstick};

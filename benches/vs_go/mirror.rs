@@ -13,6 +13,7 @@ use remote_tagger::rng::SplitMix64;
 use remote_tagger::wire::{EventEncoder, decode_event};
 
 use crate::Row;
+use crate::packed_ids::PackedIds;
 use crate::yardstick::{
     ENTITIES, Entities, Figures, GoFigures, Goal, Line, Ratio, Round, SEED, Yardstick, median,
     millis, nanos,
@@ -248,36 +249,6 @@ impl Row for LookupRow {
                 }),
             },
         ]
-    }
-}
-
-/// The same ids in the same order, packed end to end in one string: walked
-/// in order, the hardware prefetcher brings each id in before its lookup, as
-/// when the caller has just read the id from the data it is tagging.
-struct PackedIds {
-    text: String,
-    ends: Vec<usize>,
-}
-
-impl PackedIds {
-    fn new(ids: &[String]) -> Self {
-        let mut text = String::new();
-        let ends = ids
-            .iter()
-            .map(|id| {
-                text.push_str(id);
-                text.len()
-            })
-            .collect();
-        Self { text, ends }
-    }
-
-    fn cycle(&self) -> impl Iterator<Item = &str> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        let ids = starts
-            .zip(&self.ends)
-            .map(|(start, &end)| &self.text[start..end]);
-        ids.cycle()
     }
 }
 

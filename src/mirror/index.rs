@@ -19,7 +19,7 @@ use std::mem::MaybeUninit;
 
 use crate::prefetch::prefetch;
 
-use super::table::TableEntry;
+use super::table::{TableEntry, hashes_prefetched};
 
 /// Entries per bucket: with one-byte tags and a one-byte count of entries
 /// that went past, seven 8-byte entries fill a cache line.
@@ -331,16 +331,8 @@ impl<T: TableEntry> Index<T> {
     /// Moves every entry into an index with twice the buckets, hashing
     /// them with what each reads prefetched ahead (see [`super::table`]).
     fn grow(&mut self) {
-        const PREFETCH_AHEAD: usize = 16;
         let values = self.take_all();
-        let hashes: Vec<u64> = (0..values.len())
-            .map(|at| {
-                if let Some(ahead) = values.get(at + PREFETCH_AHEAD) {
-                    ahead.prefetch_key();
-                }
-                values[at].table_hash()
-            })
-            .collect();
+        let hashes = hashes_prefetched(&values);
         *self = Self::with_capacity((2 * self.capacity()).max(values.len() + 1).max(SLOTS));
         for (hash, value) in hashes.into_iter().zip(values) {
             self.place(hash, value);
