@@ -18,9 +18,9 @@ use remote_tagger::rng::SplitMix64;
 use remote_tagger::wire::{EventEncoder, decode_event};
 use remote_tagger::workload::{Workload, WorkloadConfig};
 
-#[path = "common/packed_ids.rs"]
-mod packed_ids;
-use packed_ids::PackedIds;
+#[path = "common/lookups.rs"]
+mod lookups;
+use lookups::{PackedIds, pointer_chase};
 
 /// The allocator the `remote-tagger` binary ships with: with glibc's malloc,
 /// freeing the events' strings (which `apply` and `replace_all` consume)
@@ -361,7 +361,7 @@ fn hot_id_lookups(c: &mut Criterion) {
 fn memory_latency(c: &mut Criterion) {
     let mut group = c.benchmark_group("machine");
     for mib in [4, 16, 64] {
-        let next = pointer_chase(mib * 1024 * 1024);
+        let next = pointer_chase(mib * 1024 * 1024, SEED);
         let mut at = 0;
         group.bench_function(format!("dependent_load_random_{mib}MiB"), |b| {
             b.iter(|| {
@@ -371,24 +371,6 @@ fn memory_latency(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// A buffer of `bytes` in which the first word of each cache line holds the
-/// index of the next line's first word, the lines visited in a seeded
-/// random cycle.
-fn pointer_chase(bytes: usize) -> Vec<usize> {
-    const WORDS_PER_LINE: usize = 8;
-    let lines = bytes / 64;
-    let mut order: Vec<usize> = (0..lines).collect();
-    let mut rng = SplitMix64::new(SEED);
-    for i in (1..lines).rev() {
-        order.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-    let mut next = vec![0usize; lines * WORDS_PER_LINE];
-    for (k, &line) in order.iter().enumerate() {
-        next[line * WORDS_PER_LINE] = order[(k + 1) % lines] * WORDS_PER_LINE;
-    }
-    next
 }
 
 /// What a plain single-threaded `std` hash map does on the same workload,

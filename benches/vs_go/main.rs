@@ -30,9 +30,9 @@
 //!
 //! Figures are printed, never asserted.
 
+#[path = "../common/lookups.rs"]
+mod lookups;
 mod mirror;
-#[path = "../common/packed_ids.rs"]
-mod packed_ids;
 mod yardstick;
 
 use yardstick::{Entities, Figures, Line, Round, Settings, Yardstick};

@@ -13,7 +13,7 @@ use remote_tagger::rng::SplitMix64;
 use remote_tagger::wire::{EventEncoder, decode_event};
 
 use crate::Row;
-use crate::packed_ids::PackedIds;
+use crate::lookups::{PackedIds, pointer_chase};
 use crate::yardstick::{
     ENTITIES, Entities, Figures, GoFigures, Goal, Line, Ratio, Round, SEED, Yardstick, median,
     millis, nanos,
@@ -89,7 +89,7 @@ impl LookupRow {
             entities: entities.list.clone(),
             packed: PackedIds::new(&ids),
             ids,
-            floor: pointer_chase(FLOOR_BYTES),
+            floor: pointer_chase(FLOOR_BYTES, SEED),
         }
     }
 
@@ -250,24 +250,6 @@ impl Row for LookupRow {
             },
         ]
     }
-}
-
-/// A buffer of `bytes` in which the first word of each cache line holds the
-/// index of the next line's first word, the lines visited in a seeded
-/// random cycle: following it is one dependent random load per hop.
-fn pointer_chase(bytes: usize) -> Vec<usize> {
-    const WORDS_PER_LINE: usize = 8;
-    let lines = bytes / 64;
-    let mut order: Vec<usize> = (0..lines).collect();
-    let mut rng = SplitMix64::new(SEED);
-    for i in (1..lines).rev() {
-        order.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-    let mut next = vec![0usize; lines * WORDS_PER_LINE];
-    for (k, &line) in order.iter().enumerate() {
-        next[line * WORDS_PER_LINE] = order[(k + 1) % lines] * WORDS_PER_LINE;
-    }
-    next
 }
 
 /// The yardstick's churn on the same entities: a random one of the first
