@@ -13,7 +13,7 @@ use remote_tagger::workload::{Workload, WorkloadConfig};
 
 /// The allocator the `remote-tagger` binary ships with.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: remote_tagger::alloc::Mimalloc = remote_tagger::alloc::Mimalloc;
 
 const ENTITIES: usize = 100_000;
 /// What the end-to-end fan-out sends per response.

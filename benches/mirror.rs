@@ -18,11 +18,15 @@ use remote_tagger::rng::SplitMix64;
 use remote_tagger::wire::{EventEncoder, decode_event};
 use remote_tagger::workload::{Workload, WorkloadConfig};
 
+#[path = "common/lookups.rs"]
+mod lookups;
+use lookups::{PackedIds, pointer_chase};
+
 /// The allocator the `remote-tagger` binary ships with: with glibc's malloc,
 /// freeing the events' strings (which `apply` and `replace_all` consume)
 /// costs more than the mirror's own work (measured with perf).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: remote_tagger::alloc::Mimalloc = remote_tagger::alloc::Mimalloc;
 
 const ENTITIES: usize = 100_000;
 const SEED: u64 = 1;
@@ -47,38 +51,6 @@ fn shuffled_ids(workload: &Workload) -> Vec<String> {
         ids.swap(i, j);
     }
     ids
-}
-
-/// The same ids in the same order, packed end to end in one string: walked
-/// in order, the hardware prefetcher brings each id in before its lookup, as
-/// when the caller has just read the id from the data it is tagging. With
-/// `Vec<String>` ids, each lookup first misses the cache on the caller's
-/// own id string, a miss that is not the mirror's.
-struct PackedIds {
-    text: String,
-    ends: Vec<usize>,
-}
-
-impl PackedIds {
-    fn new(ids: &[String]) -> Self {
-        let mut text = String::new();
-        let ends = ids
-            .iter()
-            .map(|id| {
-                text.push_str(id);
-                text.len()
-            })
-            .collect();
-        Self { text, ends }
-    }
-
-    fn cycle(&self) -> impl Iterator<Item = &str> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        let ids = starts
-            .zip(&self.ends)
-            .map(|(start, &end)| &self.text[start..end]);
-        ids.cycle()
-    }
 }
 
 /// Lookups per [`MirrorReader::view`] in the view benches: a batch of work,
@@ -389,7 +361,7 @@ fn hot_id_lookups(c: &mut Criterion) {
 fn memory_latency(c: &mut Criterion) {
     let mut group = c.benchmark_group("machine");
     for mib in [4, 16, 64] {
-        let next = pointer_chase(mib * 1024 * 1024);
+        let next = pointer_chase(mib * 1024 * 1024, SEED);
         let mut at = 0;
         group.bench_function(format!("dependent_load_random_{mib}MiB"), |b| {
             b.iter(|| {
@@ -399,24 +371,6 @@ fn memory_latency(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// A buffer of `bytes` in which the first word of each cache line holds the
-/// index of the next line's first word, the lines visited in a seeded
-/// random cycle.
-fn pointer_chase(bytes: usize) -> Vec<usize> {
-    const WORDS_PER_LINE: usize = 8;
-    let lines = bytes / 64;
-    let mut order: Vec<usize> = (0..lines).collect();
-    let mut rng = SplitMix64::new(SEED);
-    for i in (1..lines).rev() {
-        order.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-    let mut next = vec![0usize; lines * WORDS_PER_LINE];
-    for (k, &line) in order.iter().enumerate() {
-        next[line * WORDS_PER_LINE] = order[(k + 1) % lines] * WORDS_PER_LINE;
-    }
-    next
 }
 
 /// What a plain single-threaded `std` hash map does on the same workload,

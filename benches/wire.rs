@@ -20,7 +20,7 @@ use remote_tagger::workload::{Workload, WorkloadConfig};
 
 /// The allocator the `remote-tagger` binary ships with.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: remote_tagger::alloc::Mimalloc = remote_tagger::alloc::Mimalloc;
 
 const ENTITIES: usize = 100_000;
 /// The block size a server encodes snapshots into.

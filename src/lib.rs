@@ -123,6 +123,7 @@ pub mod proto {
         include_bytes!(concat!(env!("OUT_DIR"), "/tagger_descriptor_set.bin"));
 }
 
+pub mod alloc;
 pub mod build_info;
 pub mod client;
 pub mod core;

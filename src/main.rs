@@ -10,7 +10,7 @@ use clap::Parser;
 /// glibc's malloc spends a third of a 100k-entity sync consolidating freed
 /// chunks (measured with perf); mimalloc does not.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: remote_tagger::alloc::Mimalloc = remote_tagger::alloc::Mimalloc;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

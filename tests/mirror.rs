@@ -508,6 +508,34 @@ fn interner_sweep_frees_unreferenced_strings() {
     );
 }
 
+/// A first sync skips its sweep only when nothing can be garbage: a
+/// staged record replaced or deleted before the commit leaves strings no
+/// record holds, and those still go at the commit.
+#[test]
+fn a_first_sync_that_dropped_staged_records_still_sweeps() {
+    let mut writer = MirrorWriter::new();
+    writer.stage([
+        EntityEvent::Added(entity("container_id://1", &["gone:replaced"], &[])),
+        EntityEvent::Added(entity("container_id://2", &["gone:deleted"], &[])),
+        EntityEvent::Added(entity("container_id://1", &["env:prod"], &[])),
+        EntityEvent::Deleted(id("container_id://2")),
+    ]);
+    assert_eq!(writer.interned_strings(), 3);
+    writer.commit_staged();
+    assert_eq!(writer.interned_strings(), 1, "only env:prod is referenced");
+
+    // Nothing dropped: every interned string stays, as a sweep would keep.
+    let mut fresh = MirrorWriter::new();
+    fresh.replace_all(vec![
+        entity("container_id://1", &["env:prod", "a:1"], &[]),
+        entity("container_id://2", &["env:prod", "b:2"], &[]),
+    ]);
+    assert_eq!(fresh.interned_strings(), 3);
+    // Then the next snapshot releases the first one's strings.
+    fresh.replace_all(vec![entity("container_id://3", &["env:prod"], &[])]);
+    assert_eq!(fresh.interned_strings(), 1);
+}
+
 /// The generation every entity of a consistent state carries.
 fn generation_of(entities: &[Entity]) -> Option<&str> {
     entities.first().map(|e| e.low[0].as_str())

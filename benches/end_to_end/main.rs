@@ -35,7 +35,7 @@ mod sync;
 /// The allocator the `remote-tagger` binary ships with (glibc's malloc
 /// spends a third of a sync consolidating freed chunks).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: remote_tagger::alloc::Mimalloc = remote_tagger::alloc::Mimalloc;
 
 fn main() {
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));

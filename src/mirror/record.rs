@@ -184,8 +184,9 @@ impl Record {
         }
     }
 
-    pub(super) fn is_same(&self, other: &Record) -> bool {
-        self.0.ptr() == other.0.ptr()
+    /// Its address, which no other live record has.
+    pub(super) fn identity(&self) -> usize {
+        self.0.ptr().addr()
     }
 
     /// Starts loading the record's first two cache lines: its header, and
@@ -194,6 +195,16 @@ impl Record {
         let start = self.0.ptr().cast::<u8>();
         prefetch(start);
         prefetch(start.wrapping_add(64));
+    }
+
+    /// Starts loading the lines after the header that hold the id of most
+    /// records (a container's uid ends in the third): where the id is
+    /// depends on the header, so a lookup would otherwise wait for the
+    /// header's line before it even asks for the id's.
+    pub(super) fn prefetch_id(&self) {
+        let start = self.0.ptr().cast::<u8>();
+        prefetch(start.wrapping_add(64));
+        prefetch(start.wrapping_add(128));
     }
 
     pub(super) fn tags_for(&self, cardinality: Cardinality) -> TagsRef<'_> {
@@ -480,6 +491,17 @@ impl Interner {
         self.len_after_sweep = self.strings.len() + self.lists.len();
     }
 
+    /// Whether the interner holds no string and no list.
+    pub(super) fn is_empty(&self) -> bool {
+        self.strings.is_empty() && self.lists.is_empty()
+    }
+
+    /// Takes the tables as they are for swept, their caller knowing that
+    /// every value is referenced (so a sweep would keep them all).
+    pub(super) fn count_as_swept(&mut self) {
+        self.len_after_sweep = self.strings.len() + self.lists.len();
+    }
+
     /// Sweeps if the tables have doubled since the last sweep.
     pub(super) fn sweep_if_grown(&mut self) {
         let len = self.strings.len() + self.lists.len();
@@ -506,16 +528,6 @@ impl TableEntry for TagList {
 
     fn prefetch_key(&self) {
         prefetch(self.0.ptr());
-    }
-}
-
-impl TableEntry for Record {
-    fn table_hash(&self) -> u64 {
-        self.key().hash()
-    }
-
-    fn prefetch_key(&self) {
-        self.prefetch();
     }
 }
 

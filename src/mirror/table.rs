@@ -45,18 +45,24 @@ pub(super) fn prefetch_slot<T>(table: &HashTable<T>, hash: u64) {
 /// How many entries ahead of the one it hashes [`rebuild`] starts loading.
 const PREFETCH_AHEAD: usize = 16;
 
-/// Moves every entry of `table` into a new table with room for `capacity`
-/// entries (or all of them, if more).
-pub(super) fn rebuild<T: TableEntry>(table: &mut HashTable<T>, capacity: usize) {
-    let entries: Vec<T> = std::mem::take(table).into_iter().collect();
-    let hashes: Vec<u64> = (0..entries.len())
+/// The hash of each of `entries`, in order, with what each reads loaded
+/// [`PREFETCH_AHEAD`] entries ahead, so that the misses overlap.
+pub(super) fn hashes_prefetched<T: TableEntry>(entries: &[T]) -> Vec<u64> {
+    (0..entries.len())
         .map(|at| {
             if let Some(ahead) = entries.get(at + PREFETCH_AHEAD) {
                 ahead.prefetch_key();
             }
             entries[at].table_hash()
         })
-        .collect();
+        .collect()
+}
+
+/// Moves every entry of `table` into a new table with room for `capacity`
+/// entries (or all of them, if more).
+pub(super) fn rebuild<T: TableEntry>(table: &mut HashTable<T>, capacity: usize) {
+    let entries: Vec<T> = std::mem::take(table).into_iter().collect();
+    let hashes = hashes_prefetched(&entries);
     *table = HashTable::with_capacity(capacity.max(entries.len()));
     for (hash, entry) in hashes.into_iter().zip(entries) {
         // With the capacity reserved, hashbrown never calls the hasher.
