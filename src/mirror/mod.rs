@@ -28,6 +28,7 @@
 //! invisible) and committed in one swap.
 
 mod counters;
+mod index;
 mod key;
 mod record;
 mod store;
@@ -401,11 +402,7 @@ impl MirrorWriter {
                         untouched.insert((id.clone(), after.clone()));
                     }
                 }
-                handle.append(Op::Swap {
-                    hash,
-                    old: before,
-                    new: after,
-                });
+                handle.append(Op::swap(hash, before.as_ref(), after));
             },
         );
         drop(published);

@@ -184,8 +184,9 @@ impl Record {
         }
     }
 
-    pub(super) fn is_same(&self, other: &Record) -> bool {
-        self.0.ptr() == other.0.ptr()
+    /// Its address, which no other live record has.
+    pub(super) fn identity(&self) -> usize {
+        self.0.ptr().addr()
     }
 
     /// Starts loading the record's first two cache lines: its header, and
@@ -194,6 +195,16 @@ impl Record {
         let start = self.0.ptr().cast::<u8>();
         prefetch(start);
         prefetch(start.wrapping_add(64));
+    }
+
+    /// Starts loading the lines after the header that hold the id of most
+    /// records (a container's uid ends in the third): where the id is
+    /// depends on the header, so a lookup would otherwise wait for the
+    /// header's line before it even asks for the id's.
+    pub(super) fn prefetch_id(&self) {
+        let start = self.0.ptr().cast::<u8>();
+        prefetch(start.wrapping_add(64));
+        prefetch(start.wrapping_add(128));
     }
 
     pub(super) fn tags_for(&self, cardinality: Cardinality) -> TagsRef<'_> {
@@ -506,16 +517,6 @@ impl TableEntry for TagList {
 
     fn prefetch_key(&self) {
         prefetch(self.0.ptr());
-    }
-}
-
-impl TableEntry for Record {
-    fn table_hash(&self) -> u64 {
-        self.key().hash()
-    }
-
-    fn prefetch_key(&self) {
-        self.prefetch();
     }
 }
 
