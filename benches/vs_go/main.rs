@@ -34,6 +34,8 @@
 //! Figures are printed, never asserted.
 
 mod mirror;
+#[path = "../snapshot_responses.rs"]
+mod snapshot_responses;
 mod wire;
 mod yardstick;
 

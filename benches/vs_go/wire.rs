@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use remote_tagger::client::{ClientConfig, RemoteTagger, TlsSettings};
-use remote_tagger::domain::{Cardinality, Entity, EntityEvent};
+use remote_tagger::domain::Entity;
 use remote_tagger::proto::model::StreamTagsResponse;
-use remote_tagger::server::{Epoch, Framer, PrefixFilter, ServiceConfig, Store};
 use std::hint::black_box;
 
 use crate::Row;
+use crate::snapshot_responses::snapshot_responses;
 use crate::yardstick::{
     ENTITIES, Entities, Figures, GoFigures, Goal, Line, Ratio, Round, SEED, Yardstick, median,
     millis,
@@ -333,7 +333,7 @@ impl SyncRow {
             .unwrap_or_else(|why| panic!("our server: {why}"));
         Self {
             runtime: tokio::runtime::Runtime::new().expect("a tokio runtime"),
-            responses: snapshot_responses(&entities.list),
+            responses: snapshot_responses(entities.list.clone(), SEED),
             ours,
             credentials,
             go: None,
@@ -359,22 +359,6 @@ impl SyncRow {
             .collect();
         median(&mut times)
     }
-}
-
-/// The snapshot a HIGH client of our server gets, encoded as our server
-/// sends it: responses of the default chunk budget.
-fn snapshot_responses(entities: &[Entity]) -> Vec<Vec<u8>> {
-    let mut store = Store::new(Epoch::from_seed(SEED), 0);
-    store.apply(entities.iter().cloned().map(EntityEvent::Added));
-    let framer = Framer::new(
-        store.epoch().clone(),
-        Cardinality::High,
-        ServiceConfig::default().chunk_budget(),
-    );
-    framer
-        .snapshot(store.snapshot(&PrefixFilter::all()))
-        .map(|response| response.encode_to_vec())
-        .collect()
 }
 
 impl Row for SyncRow {
@@ -411,6 +395,17 @@ impl Row for SyncRow {
 
     fn lines(&self, ours: &Figures, go: Option<&Figures>) -> Vec<Line> {
         let go_ms = |key| go.map(|go| millis(go[key]));
+        // A pairing with one Go side, against Go's own pairing.
+        let against_go = |measure: &str, key: &'static str, goal| Line {
+            measure: measure.to_owned(),
+            go: go_ms("go_go_ms"),
+            ours: go.map_or("-".to_owned(), |go| millis(go[key])),
+            ratio: go.map(|go| Ratio {
+                of: "ours/Go",
+                value: go[key] / go["go_go_ms"],
+                goal,
+            }),
+        };
         vec![
             Line {
                 measure: format!(
@@ -431,26 +426,16 @@ impl Row for SyncRow {
                     goal: Some(Goal::AtMost(1.3)),
                 }),
             },
-            Line {
-                measure: "sync 100k, Go server: Go client | our client".to_owned(),
-                go: go_ms("go_go_ms"),
-                ours: go.map_or("-".to_owned(), |go| millis(go["go_ours_ms"])),
-                ratio: go.map(|go| Ratio {
-                    of: "ours/Go",
-                    value: go["go_ours_ms"] / go["go_go_ms"],
-                    goal: Some(Goal::AtMost(0.5)),
-                }),
-            },
-            Line {
-                measure: "sync 100k, Go client: Go server | our server".to_owned(),
-                go: go_ms("go_go_ms"),
-                ours: go.map_or("-".to_owned(), |go| millis(go["ours_go_ms"])),
-                ratio: go.map(|go| Ratio {
-                    of: "ours/Go",
-                    value: go["ours_go_ms"] / go["go_go_ms"],
-                    goal: None,
-                }),
-            },
+            against_go(
+                "sync 100k, Go server: Go client | our client",
+                "go_ours_ms",
+                Some(Goal::AtMost(0.5)),
+            ),
+            against_go(
+                "sync 100k, Go client: Go server | our server",
+                "ours_go_ms",
+                None,
+            ),
         ]
     }
 }
@@ -610,27 +595,31 @@ impl Row for FanoutRow {
         } else {
             " (needs the yardstick's clients)"
         };
+        let counted = |measure: String, key: &str, of: &'static str, value: f64| Line {
+            measure,
+            go: shown("go", key),
+            ours: or_dash(shown("ours", key)),
+            ratio: measured.then_some(Ratio {
+                of,
+                value,
+                goal: Some(Goal::AtMost(0.0)),
+            }),
+        };
         vec![
-            Line {
-                measure: format!("fan-out to {clients} Go clients, 2k/s: evictions{needs}"),
-                go: shown("go", "evictions"),
-                ours: or_dash(shown("ours", "evictions")),
-                ratio: measured.then(|| Ratio {
-                    of: "ours-Go",
-                    value: figure("ours", "evictions") - figure("go", "evictions"),
-                    goal: Some(Goal::AtMost(0.0)),
-                }),
-            },
-            Line {
-                measure: format!("fan-out: clients synced of {clients}"),
-                go: shown("go", "synced"),
-                ours: or_dash(shown("ours", "synced")),
-                ratio: measured.then(|| Ratio {
-                    of: "unsynced",
-                    value: clients as f64 - figure("ours", "synced"),
-                    goal: Some(Goal::AtMost(0.0)),
-                }),
-            },
+            // Both held to zero: ours no more evictions than Go's, and
+            // none of ours left unsynced.
+            counted(
+                format!("fan-out to {clients} Go clients, 2k/s: evictions{needs}"),
+                "evictions",
+                "ours-Go",
+                figure("ours", "evictions") - figure("go", "evictions"),
+            ),
+            counted(
+                format!("fan-out: clients synced of {clients}"),
+                "synced",
+                "unsynced",
+                clients as f64 - figure("ours", "synced"),
+            ),
             Line {
                 measure: "fan-out: all synced after".to_owned(),
                 go: measured.then(|| millis(figure("go", "all_synced_ms"))),

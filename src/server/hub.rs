@@ -410,9 +410,7 @@ mod tests {
     #[test]
     fn the_buffer_counts_changes_and_takes_any_batch_when_empty() {
         let hub = handle();
-        let (_, mut sub) = hub
-            .subscribe_with_snapshot(&PrefixFilter::all(), 3)
-            .unwrap();
+        let mut sub = hub.register(&mut hub.state(), 3);
         hub.apply([
             added("host://a"),
             added("host://b"),
