@@ -637,7 +637,7 @@ async fn a_stalled_subscriber_is_evicted_while_another_keeps_streaming() {
     assert_eq!(end.code(), Code::ResourceExhausted);
     assert_eq!(
         end.message(),
-        "the subscriber fell behind: more than 2 changes were waiting for it; reconnect to resync"
+        "the subscriber fell behind: more than 2 change batches were waiting for it; reconnect to resync"
     );
     server
         .wait_for_stats("the evicted subscriber to go", |s| s.subscribers == 1)

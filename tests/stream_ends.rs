@@ -293,7 +293,7 @@ async fn our_client_backs_off_after_an_eviction_then_resumes() {
     let (reason, retry_in) = next_loss(&mut events).await;
     assert_eq!(
         reason.to_string(),
-        "stream closed: ResourceExhausted: the subscriber fell behind: more than 2 changes were waiting for it; reconnect to resync"
+        "stream closed: ResourceExhausted: the subscriber fell behind: more than 2 change batches were waiting for it; reconnect to resync"
     );
     assert_closed_with(&reason, StatusCode::ResourceExhausted);
     assert_backs_off(retry_in);

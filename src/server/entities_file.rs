@@ -276,9 +276,9 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// Events applied to the store under one lock: a reload of a large file
 /// takes many locks, and fetches and new subscriptions get the store between
-/// them. A subscriber's buffer counts changes (50,000 by default): one
-/// still sending its snapshot survives a reload of that many changes, and
-/// is evicted (and resyncs) by a larger one.
+/// them. Each effective batch is one entry in every subscriber's buffer
+/// (1,000 by default), so a subscriber still sending its snapshot survives
+/// a reload of a million changes.
 const APPLY_BATCH: usize = 1024;
 
 /// Applies a valid file to `store`: the entities of `previous` (the last
@@ -751,7 +751,7 @@ mod tests {
         write(&path, "[]");
         let mut watcher = EntitiesFileWatcher::open(&path, u64::MAX, &store).unwrap();
         let (_, mut subscription) = store
-            .subscribe_with_snapshot(&PrefixFilter::all(), 4 * APPLY_BATCH)
+            .subscribe_with_snapshot(&PrefixFilter::all(), 100)
             .unwrap();
         let count = 3 * APPLY_BATCH + 1;
         let entities: Vec<Entity> = (0..count)

@@ -4,19 +4,12 @@
 //! Applying events and fanning the resulting changes out happen under one
 //! short lock, and so does subscribing, so a new subscriber's snapshot (or
 //! resume point) and its first live change are always consecutive: nothing is
-//! missed or sent twice. Fan-out never waits: each subscriber has a buffer
-//! bounded in changes, and a subscriber whose buffer is full is evicted (it
-//! will reconnect and resync) instead of blocking the sources or growing
+//! missed or sent twice. Fan-out never waits: each subscriber has a bounded
+//! buffer of change batches, and a subscriber whose buffer is full is evicted
+//! (it will reconnect and resync) instead of blocking the sources or growing
 //! memory.
-//!
-//! The bound counts changes, not the batches a source happens to apply
-//! them in: memory grows with changes, and how long a subscriber may lag
-//! must not depend on how finely its source cuts batches (a relay applies
-//! each upstream response as one batch, 100 a second from a Datadog Agent
-//! churning in 10 ms ticks, where our workload source applies 10).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -64,24 +57,10 @@ struct State {
 struct Slot {
     id: u64,
     batches: mpsc::Sender<ChangeBatch>,
-    /// Changes sent and not received yet: added before a batch is sent,
-    /// taken off once it is received, so it never goes below zero.
-    queued: Arc<AtomicUsize>,
-    /// The most changes that may wait; a batch that would go past it while
-    /// others wait evicts the subscriber.
-    limit: usize,
     stop: oneshot::Sender<Stop>,
 }
 
 impl Slot {
-    /// Whether `changes` more fit. Into an empty buffer any batch goes,
-    /// however large (a source's first load, a relay's reconcile), as the
-    /// first event of a response always goes.
-    fn has_room_for(&self, changes: usize) -> bool {
-        let queued = self.queued.load(Ordering::Acquire);
-        queued == 0 || queued.saturating_add(changes) <= self.limit
-    }
-
     fn end(self, reason: Stop) {
         // The subscriber may already be gone; then nobody needs the reason.
         let _ = self.stop.send(reason);
@@ -91,36 +70,10 @@ impl Slot {
 /// The stream's end of one subscription: live change batches, and the
 /// reason if the hub ends it. Dropping it unsubscribes.
 pub(crate) struct Subscription {
-    pub batches: Batches,
+    pub batches: mpsc::Receiver<ChangeBatch>,
     pub stop: oneshot::Receiver<Stop>,
     /// Held to the end, though the other fields are moved out.
     pub _registration: Registration,
-}
-
-/// The live change batches of one subscription, in order; receiving one
-/// makes room for its changes.
-pub(crate) struct Batches {
-    receiver: mpsc::Receiver<ChangeBatch>,
-    queued: Arc<AtomicUsize>,
-}
-
-impl Batches {
-    /// The next batch; `None` once the hub dropped the subscription and
-    /// every batch queued before was received.
-    pub async fn recv(&mut self) -> Option<ChangeBatch> {
-        let batch = self.receiver.recv().await?;
-        Some(self.taken(batch))
-    }
-
-    /// The next batch if one is queued.
-    pub fn try_recv(&mut self) -> Result<ChangeBatch, mpsc::error::TryRecvError> {
-        self.receiver.try_recv().map(|batch| self.taken(batch))
-    }
-
-    fn taken(&self, batch: ChangeBatch) -> ChangeBatch {
-        self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-        batch
-    }
 }
 
 /// Removes its subscription's slot from the hub when dropped, so a stream
@@ -180,28 +133,17 @@ impl StoreHandle {
         let subscribers = std::mem::take(&mut state.subscribers);
         state.subscribers = subscribers
             .into_iter()
-            .filter_map(|slot| {
-                let evict = |slot: Slot| {
+            .filter_map(|slot| match slot.batches.try_send(batch.clone()) {
+                Ok(()) => Some(slot),
+                Err(mpsc::error::TrySendError::Full(_)) => {
                     increment(&telemetry.subscribers_evicted);
                     tracing::warn!(
                         "evicting a tagger subscriber that does not keep up (its buffer is full); it will have to reconnect and resync"
                     );
                     slot.end(Stop::Evicted);
                     None
-                };
-                if !slot.has_room_for(count) {
-                    return evict(slot);
                 }
-                // Counted before it is sent: the receiver takes it off
-                // only after.
-                slot.queued.fetch_add(count, Ordering::AcqRel);
-                match slot.batches.try_send(batch.clone()) {
-                    Ok(()) => Some(slot),
-                    // The channel holds `limit` batches of a change or
-                    // more: the count fills up first. Either way it is full.
-                    Err(mpsc::error::TrySendError::Full(_)) => evict(slot),
-                    Err(mpsc::error::TrySendError::Closed(_)) => None,
-                }
+                Err(mpsc::error::TrySendError::Closed(_)) => None,
             })
             .collect();
         // Handed to a waiting thread, if any: a source applying batch after
@@ -248,8 +190,7 @@ impl StoreHandle {
     }
 
     /// Subscribes to live changes, starting with a snapshot of the matching
-    /// entities, with a buffer of `buffer` changes. `None` once the hub is
-    /// closed.
+    /// entities. `None` once the hub is closed.
     pub(crate) fn subscribe_with_snapshot(
         &self,
         filter: &PrefixFilter,
@@ -301,26 +242,19 @@ impl StoreHandle {
         self.shared.closed.send_replace(true);
     }
 
-    /// A subscription whose buffer holds `buffer` changes (at least one
-    /// batch, however large).
     fn register(&self, state: &mut State, buffer: usize) -> Subscription {
         // A zero-capacity mpsc channel panics; one batch is the least buffer.
-        // Every batch holds a change or more: `buffer` batches always fit.
-        let limit = buffer.max(1);
-        let (batches_tx, receiver) = mpsc::channel(limit);
-        let queued = Arc::new(AtomicUsize::new(0));
+        let (batches_tx, batches) = mpsc::channel(buffer.max(1));
         let (stop_tx, stop) = oneshot::channel();
         let id = state.next_id;
         state.next_id += 1;
         state.subscribers.push(Slot {
             id,
             batches: batches_tx,
-            queued: queued.clone(),
-            limit,
             stop: stop_tx,
         });
         Subscription {
-            batches: Batches { receiver, queued },
+            batches,
             stop,
             _registration: Registration {
                 hub: self.clone(),
@@ -405,25 +339,6 @@ mod tests {
         assert_eq!(slow.stop.try_recv().unwrap(), Stop::Evicted);
         assert_eq!(fast.batches.try_recv().unwrap()[0].revision, 1);
         assert_eq!(fast.batches.try_recv().unwrap()[0].revision, 2);
-    }
-
-    #[test]
-    fn the_buffer_counts_changes_and_takes_any_batch_when_empty() {
-        let hub = handle();
-        let mut sub = hub.register(&mut hub.state(), 3);
-        hub.apply([
-            added("host://a"),
-            added("host://b"),
-            added("host://c"),
-            added("host://d"),
-        ]);
-        assert_eq!(sub.batches.try_recv().unwrap().len(), 4);
-        hub.apply([added("host://e"), added("host://f")]);
-        hub.apply([added("host://g")]);
-        assert_eq!(hub.stats().subscribers_evicted, 0);
-        hub.apply([added("host://h")]);
-        assert_eq!(hub.stats().subscribers_evicted, 1);
-        assert_eq!(sub.stop.try_recv().unwrap(), Stop::Evicted);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use tonic::{Request, Response, Status};
 use super::auth::Authenticator;
 use super::connections::Admission;
 use super::frames::{self, ChangeBatch, Framer, SnapshotResponses};
-use super::hub::{Batches, ResumeRefused, Stop, StoreHandle};
+use super::hub::{ResumeRefused, Stop, StoreHandle};
 use super::stats::{GaugeGuard, Telemetry, increment};
 use super::store::PrefixFilter;
 use crate::defaults;
@@ -57,9 +57,8 @@ pub struct ServiceConfig {
     /// A response that cannot be handed to the transport within this long
     /// ends the stream.
     pub send_timeout: Duration,
-    /// Changes buffered per subscriber, however its source batches them; a
-    /// subscriber with this many waiting is evicted by the next batch (into
-    /// an empty buffer any batch goes).
+    /// Change batches buffered per subscriber; a subscriber whose buffer is
+    /// full is evicted.
     pub subscriber_buffer: usize,
     /// Snapshots being produced at once (at least 1); further streams wait.
     /// A stream whose client has taken no chunk for
@@ -100,11 +99,7 @@ pub struct ServiceConfig {
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = defaults::MAX_MESSAGE_SIZE;
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = defaults::SERVER_KEEPALIVE_INTERVAL;
 pub const DEFAULT_SEND_TIMEOUT: Duration = defaults::SEND_TIMEOUT;
-/// 25 s of lag at 2,000 changes/s: more than the Datadog design's 1,000
-/// batches (10 s at that rate in 10 ms ticks of 20). A subscriber that
-/// never reads pins up to this many changes, shared with every other
-/// subscriber, until it is evicted.
-pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 50_000;
+pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 1000;
 pub const DEFAULT_MAX_CONCURRENT_SNAPSHOTS: usize = defaults::MAX_CONCURRENT_SNAPSHOTS;
 /// Far longer than a reading client's pause between two 64 KiB chunks,
 /// even on a loaded machine; short beside the send timeout.
@@ -563,7 +558,7 @@ impl TaggerService {
                     "tagger stream ended: the subscriber fell behind and was evicted"
                 );
                 Status::resource_exhausted(format!(
-                    "the subscriber fell behind: more than {} changes were waiting for it; reconnect to resync",
+                    "the subscriber fell behind: more than {} change batches were waiting for it; reconnect to resync",
                     config.subscriber_buffer.max(1)
                 ))
             }
@@ -724,7 +719,7 @@ impl TaggerService {
 /// Forwards live change batches until the stream ends, with keep-alives when
 /// idle.
 async fn live(
-    mut batches: Batches,
+    mut batches: mpsc::Receiver<ChangeBatch>,
     filter: &PrefixFilter,
     sink: &mut Sink<'_>,
     halt: &mut Halt,
