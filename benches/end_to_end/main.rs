@@ -28,6 +28,8 @@ mod fanout;
 mod never_reading;
 mod report;
 mod resume;
+#[path = "../snapshot_responses.rs"]
+mod snapshot_responses;
 mod stalled;
 mod support;
 mod sync;

@@ -4,11 +4,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use remote_tagger::domain::{Cardinality, EntityEvent};
 use remote_tagger::proto::model::StreamTagsResponse;
-use remote_tagger::server::{Epoch, Framer, PrefixFilter, ServiceConfig, Store};
 
 use crate::report::{MIB, Row, check, cpu_time, max, median, min, ms, rss_kib};
+use crate::snapshot_responses::snapshot_responses;
 use crate::support::{
     ENTITIES, PATIENCE, SEED, SYNC_RUNS, bench_server, bench_workload, fresh_sync,
 };
@@ -46,7 +45,7 @@ pub async fn initial_sync() -> Vec<Row> {
     }
     server.stop().await;
 
-    let chunks = snapshot_responses();
+    let chunks = snapshot_responses(bench_workload().snapshot(), SEED);
     let wire: usize = chunks.iter().map(Vec::len).sum();
     let mut decodes = Vec::new();
     for _ in 0..SYNC_RUNS {
@@ -108,21 +107,4 @@ pub async fn initial_sync() -> Vec<Row> {
             ),
         ),
     ]
-}
-
-/// The snapshot a HIGH client gets, encoded as the server sends it: every
-/// entity as an ADDED event, in responses of the server's default budget.
-fn snapshot_responses() -> Vec<Vec<u8>> {
-    let workload = bench_workload();
-    let mut store = Store::new(Epoch::from_seed(SEED), 0);
-    store.apply(workload.snapshot().into_iter().map(EntityEvent::Added));
-    let framer = Framer::new(
-        store.epoch().clone(),
-        Cardinality::High,
-        ServiceConfig::default().chunk_budget(),
-    );
-    framer
-        .snapshot(store.snapshot(&PrefixFilter::all()))
-        .map(|response| response.encode_to_vec())
-        .collect()
 }

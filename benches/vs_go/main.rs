@@ -27,12 +27,18 @@
 //!   machine's dependent-load floor, idle and while a writer applies 10k
 //!   events/s) and `apply` (a 100k snapshot into an empty mirror, decode
 //!   excluded on both sides).
+//! - [`wire`]: `sync` (initial syncs, every pairing of the servers and
+//!   clients, against prost's decode of our snapshot) and `fanout` (the
+//!   yardstick's 100 clients against both servers, live churn).
 //!
 //! Figures are printed, never asserted.
 
 #[path = "../common/lookups.rs"]
 mod lookups;
 mod mirror;
+#[path = "../snapshot_responses.rs"]
+mod snapshot_responses;
+mod wire;
 mod yardstick;
 
 use yardstick::{Entities, Figures, Line, Round, Settings, Yardstick};
@@ -69,6 +75,10 @@ const ROWS: &[(&str, BuildRow)] = &[
     }),
     ("apply", |entities| {
         Box::new(mirror::ApplyRow::new(entities))
+    }),
+    ("sync", |entities| Box::new(wire::SyncRow::new(entities))),
+    ("fanout", |entities| {
+        Box::new(wire::FanoutRow::new(entities))
     }),
 ];
 

@@ -479,7 +479,8 @@ impl<'y> Round<'y> {
 pub struct GoFigures(BTreeMap<String, f64>);
 
 impl GoFigures {
-    fn parse(output: &str) -> Self {
+    /// The figures of a command's standard output.
+    pub fn parse(output: &str) -> Self {
         let mut figures = BTreeMap::new();
         for line in output.lines() {
             let label_end = line

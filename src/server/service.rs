@@ -11,9 +11,10 @@
 //! once, unsubscribing, whether or not anything was due to be sent.
 //!
 //! Snapshots are produced at most `max_concurrent_snapshots` at once, to
-//! bound the CPU and memory of initial syncs; a stream holds its slot only
-//! while its client takes what it produces (see `send_snapshot`), so clients
-//! that never read delay no one. At most `max_subscriptions` streams are
+//! bound the CPU and memory of initial syncs; a stream holds its slot while
+//! its client keeps taking what it produces, and gives it back once its
+//! client has taken nothing for `snapshot_stall_grace` (see
+//! `send_snapshot`), so clients that never read delay no one for long. At most `max_subscriptions` streams are
 //! open at once; one more is refused with RESOURCE_EXHAUSTED.
 //!
 //! Every end the server chooses carries an error status saying why, never
@@ -63,8 +64,17 @@ pub struct ServiceConfig {
     /// full is evicted.
     pub subscriber_buffer: usize,
     /// Snapshots being produced at once (at least 1); further streams wait.
-    /// A stream waiting for its client to take a chunk holds no slot.
+    /// A stream whose client has taken no chunk for
+    /// [`Self::snapshot_stall_grace`] holds no slot until it does.
     pub max_concurrent_snapshots: usize,
+    /// How long a snapshot's stream keeps its slot while its client takes
+    /// nothing. A client that reads, however slowly, waits this much less
+    /// between two chunks, and keeps the slot: were the slot given back at
+    /// every full flow-control window, every waiting stream would subscribe
+    /// at once, and their snapshots would trickle out together while their
+    /// live buffers filled (100 clients in one Go process were evicted over
+    /// and over, issue 20).
+    pub snapshot_stall_grace: Duration,
     /// At shutdown, how long open connections get to close before they are
     /// abandoned (a client that stopped reading never closes).
     pub shutdown_grace: Duration,
@@ -99,6 +109,10 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = defaults::SEND_TIMEOUT;
 pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 1000;
 /// Default of [`ServiceConfig::max_concurrent_snapshots`].
 pub const DEFAULT_MAX_CONCURRENT_SNAPSHOTS: usize = defaults::MAX_CONCURRENT_SNAPSHOTS;
+/// Default of [`ServiceConfig::snapshot_stall_grace`]: far longer than a
+/// reading client's pause between two 64 KiB chunks,
+/// even on a loaded machine; short beside the send timeout.
+pub const DEFAULT_SNAPSHOT_STALL_GRACE: Duration = Duration::from_secs(1);
 /// Default of [`ServiceConfig::shutdown_grace`].
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A node's Agent processes and relays are a few dozen clients at most.
@@ -121,6 +135,7 @@ impl Default for ServiceConfig {
             send_timeout: DEFAULT_SEND_TIMEOUT,
             subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
             max_concurrent_snapshots: DEFAULT_MAX_CONCURRENT_SNAPSHOTS,
+            snapshot_stall_grace: DEFAULT_SNAPSHOT_STALL_GRACE,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
@@ -452,12 +467,22 @@ impl Sink<'_> {
         self.responses.capacity() > 0
     }
 
-    /// Waits until a response can be handed over, within the send timeout.
-    async fn wait_for_room(&self, halt: &mut Halt) -> Result<(), StreamEnd> {
+    /// Waits until a response can be handed over, up to `limit`: false if
+    /// there is still no room then.
+    async fn room_within(&self, limit: Duration, halt: &mut Halt) -> Result<bool, StreamEnd> {
         // The room stays: nothing else sends on this stream.
-        room(&self.responses, self.config.send_timeout, halt)
-            .await
-            .map(drop)
+        match room(&self.responses, limit, halt).await {
+            Ok(_room) => Ok(true),
+            Err(StreamEnd::SendTimeout) => Ok(false),
+            Err(end) => Err(end),
+        }
+    }
+
+    /// Waits until a response can be handed over, within what is left of
+    /// the send timeout after `waited`.
+    async fn wait_for_room(&self, waited: Duration, halt: &mut Halt) -> Result<(), StreamEnd> {
+        let left = self.config.send_timeout.saturating_sub(waited);
+        room(&self.responses, left, halt).await.map(drop)
     }
 
     /// Resolves once the client is gone: tonic dropped the responses when
@@ -658,12 +683,13 @@ impl TaggerService {
     }
 
     /// Sends a snapshot's `responses`, producing each with a snapshot slot
-    /// held. When the client has not taken the last chunk yet, the slot goes
-    /// back while the stream waits for it (up to the send timeout), and is
-    /// taken again to go on: a client that does not read keeps no slot from
-    /// the others. What it keeps is its snapshot, a pointer to each entity
-    /// not sent yet (and so those entities' versions), until the send
-    /// timeout; `max_subscriptions` bounds how many streams do.
+    /// held. When the client has not taken the last chunk within the stall
+    /// grace, the slot goes back while the stream waits for it (up to the
+    /// send timeout), and is taken again to go on: a client that does not
+    /// read keeps no slot from the others for long. What it keeps is its
+    /// snapshot, a pointer to each entity not sent yet (and so those
+    /// entities' versions), until the send timeout; `max_subscriptions`
+    /// bounds how many streams do.
     async fn send_snapshot(
         &self,
         mut responses: SnapshotResponses,
@@ -673,11 +699,12 @@ impl TaggerService {
     ) -> Result<(), StreamEnd> {
         let telemetry = self.inner.store.telemetry();
         let mut slot = Some(slot);
+        let grace = self.inner.config.snapshot_stall_grace;
         loop {
-            if !sink.has_room() {
+            if !sink.has_room() && !sink.room_within(grace, halt).await? {
                 slot = None;
                 let _stalled = GaugeGuard::raise(&telemetry.snapshots_stalled);
-                sink.wait_for_room(halt).await?;
+                sink.wait_for_room(grace, halt).await?;
             }
             if slot.is_none() {
                 slot = Some(self.snapshot_slot(sink, halt, false).await?);
@@ -901,8 +928,8 @@ mod tests {
     }
 
     /// The one slot goes to whoever produces: a stream whose client has not
-    /// taken its first chunk gives it back, and takes it again once the
-    /// client reads.
+    /// taken its first chunk within the stall grace gives it back, and takes
+    /// it again once the client reads.
     #[tokio::test]
     async fn a_stream_whose_client_does_not_read_gives_its_slot_back_until_it_does() {
         let service = one_slot_service(40);
@@ -920,6 +947,42 @@ mod tests {
             (s.snapshots_sent, s.snapshots_stalled, s.snapshots_in_flight) == (2, 0, 0)
         })
         .await;
+    }
+
+    /// A client that keeps reading keeps the one slot, though it never takes
+    /// a chunk the moment it is made: the stream waiting behind it only
+    /// subscribes once that snapshot is sent. Before, the slot went back
+    /// whenever the last chunk was still untaken, and both streams
+    /// subscribed and sent their snapshots together.
+    #[tokio::test]
+    async fn a_stream_whose_client_reads_slowly_keeps_its_slot() {
+        let service = one_slot_service(40);
+        let mut slow = open(&service);
+        wait_for_stats(&service, |s| s.snapshots_in_flight == 1).await;
+        let mut waiting = open(&service);
+        wait_for_stats(&service, |s| s.snapshots_waiting == 1).await;
+        let placeholder = waiting.next().await.unwrap().unwrap();
+        assert!(placeholder.events.is_empty());
+
+        // Far within the grace, even on a loaded machine.
+        let pause = DEFAULT_SNAPSHOT_STALL_GRACE / 50;
+        let mut events = 0;
+        loop {
+            tokio::time::sleep(pause).await;
+            let response = slow.next().await.unwrap().unwrap();
+            events += response.events.len();
+            if response.snapshot_complete {
+                break;
+            }
+            let stats = service.store().stats();
+            assert_eq!(
+                (stats.snapshots_waiting, stats.snapshots_stalled),
+                (1, 0),
+                "the slow reader kept its slot after {events} events: {stats:?}"
+            );
+        }
+        assert_eq!(events, 40);
+        assert_eq!(read_snapshot(&mut waiting).await, 40);
     }
 
     /// The stream's task notices at once that tonic dropped its responses,
