@@ -382,3 +382,28 @@ fn newer_agent_prefixes_round_trip_from_the_entities_file_through_a_relay_to_lis
         assert_eq!(String::from_utf8_lossy(&got.stdout), "future:a\nuid:a\n");
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn a_new_log_file_is_readable_by_its_owner_only_and_an_existing_one_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let home = tempfile::tempdir().unwrap();
+    let new_log = home.path().join("new.log");
+    let existing_log = home.path().join("existing.log");
+    std::fs::write(&existing_log, "an earlier run's line\n").unwrap();
+    std::fs::set_permissions(&existing_log, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for log in [&new_log, &existing_log] {
+        // No certificate in this home: `list` fails at once, after the log
+        // file is opened.
+        let listed = Command::new(BINARY)
+            .args(["list", "--log-file", log.to_str().unwrap()])
+            .env("REMOTE_TAGGER_HOME", home.path())
+            .output()
+            .unwrap();
+        assert!(!listed.status.success());
+    }
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&new_log), 0o600);
+    assert_eq!(mode(&existing_log), 0o644);
+}

@@ -61,7 +61,8 @@ pub struct Cli {
     pub log_format: LogFormat,
 
     /// Also append logs to this file (`flare` includes its tail). Logs go
-    /// to stderr either way.
+    /// to stderr either way. A new file is created readable by its owner
+    /// only (0600).
     #[arg(long, global = true, env = "REMOTE_TAGGER_LOG_FILE")]
     pub log_file: Option<PathBuf>,
 }
@@ -657,6 +658,17 @@ impl ConnectArgs {
     }
 }
 
+/// Appends to `--log-file`, creating it readable by its owner only: logs
+/// hold entity ids, tags and server messages, as a flare does. A file that
+/// exists keeps the mode its operator gave it.
+fn log_file_options() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
 /// Logs to stderr, and to `--log-file` too when set, in `--log-format`.
 /// Fails (one line) when the log file cannot be opened.
 pub fn init_logging(cli: &Cli) -> CliResult {
@@ -675,16 +687,12 @@ pub fn init_logging(cli: &Cli) -> CliResult {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let file_layer = match &cli.log_file {
         Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| {
-                    format!(
-                        "cannot open the log file {}: {e} (check --log-file)",
-                        path.display()
-                    )
-                })?;
+            let file = log_file_options().open(path).map_err(|e| {
+                format!(
+                    "cannot open the log file {}: {e} (check --log-file)",
+                    path.display()
+                )
+            })?;
             Some(format_layer(cli.log_format, Arc::new(file), false))
         }
         None => None,
