@@ -60,6 +60,11 @@ pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 /// The client's limit on a TCP connect plus TLS handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Limit on a one-off request (`fetch_entity`, `container_id_from_origin`),
+/// connecting included: a server that takes the request and never answers
+/// does not hold the caller forever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The least time gRPC servers let pass between two PINGs of a client by
 /// default: grpc-go's `keepalive.EnforcementPolicy.MinTime` (the Agent is
 /// a grpc-go server), C-core's `grpc.http2.min_ping_interval_without_data_ms`.

@@ -2,7 +2,9 @@
 //! plain Datadog server marks no end of its snapshot, so against one they
 //! take the store once the stream has been quiet for `--settle-ms`; a busy
 //! node's stream is never quiet. Before, that wait had no deadline
-//! (`--wait-secs 10` ran 91 s).
+//! (`--wait-secs 10` ran 91 s). `--timeout-secs` bounds `get` and `origin`
+//! likewise against a server that takes the request and never answers
+//! (before, they waited until Ctrl-C).
 
 mod common;
 
@@ -111,4 +113,39 @@ fn list_against_a_plain_server_that_goes_quiet_takes_the_store_without_a_warning
     assert!(list.stdout_after_exit().ends_with("1 entities"));
     let stderr = list.stderr_after_exit();
     assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+/// `get` and `origin` against a server that never answers fail at their
+/// `--timeout-secs` with one line naming it.
+#[test]
+fn get_and_origin_against_a_server_that_never_answers_fail_at_their_timeout() {
+    let server = PlainDatadog::start(Script::Silent);
+    let timeout = WAIT_SECS.to_string();
+    for request in [
+        &["get", "container_id://abc"][..],
+        &["origin", "--pid", "1"][..],
+    ] {
+        let home = tempfile::tempdir().unwrap();
+        let mut args: Vec<&str> = [request, &["--timeout-secs", &timeout]].concat();
+        let client_args = server.client_args();
+        args.extend(client_args.iter().map(String::as_str));
+        let started = Instant::now();
+        let mut running = Running::start(&mut command(home.path(), &args));
+        let Some((status, _)) = running.exit_within(GIVE_UP) else {
+            panic!("{args:?} still running after {GIVE_UP:?}");
+        };
+        let took = started.elapsed();
+        assert!(
+            took <= Duration::from_secs(WAIT_SECS) + MARGIN,
+            "{args:?} took {took:?} with --timeout-secs {WAIT_SECS}"
+        );
+        let stderr = running.stderr_after_exit();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "no answer within {WAIT_SECS}s (see --timeout-secs)"
+            )),
+            "{stderr}"
+        );
+    }
 }

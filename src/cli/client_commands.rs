@@ -282,10 +282,10 @@ fn change_name(kind: ChangeKind) -> &'static str {
 pub async fn get(args: GetArgs) -> CliResult {
     let id = EntityId::parse(&args.entity)
         .map_err(|e| format!("{e} (expected e.g. container_id://abc)"))?;
-    let config = args.connect.client_config(None)?;
+    let config = args.request.client_config(&args.connect)?;
     let tags = client::fetch_entity(&config, &id, args.cardinality)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(super::request_error)?;
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         writeln!(out, "{}", json!(tags))

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use remote_tagger::client::{ClientCertificate, ClientConfig, TlsMode, TlsSettings};
+use remote_tagger::client::{ClientCertificate, ClientConfig, FetchError, TlsMode, TlsSettings};
 use remote_tagger::datadog_config::AgentEndpoint;
 use remote_tagger::defaults;
 use remote_tagger::domain::Cardinality;
@@ -470,6 +470,33 @@ pub struct ListArgs {
     pub metrics: MetricsArgs,
 }
 
+/// How long a one-off request (`get`, `origin`) may take.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// Give up after this many seconds without an answer, connecting
+    /// included (a server that takes the request and never answers).
+    #[arg(long, env = "REMOTE_TAGGER_TIMEOUT_SECS", default_value_t = defaults::REQUEST_TIMEOUT.as_secs())]
+    pub timeout_secs: u64,
+}
+
+impl RequestArgs {
+    /// The one-off client config of `connect`, with this limit.
+    pub fn client_config(&self, connect: &ConnectArgs) -> Result<ClientConfig, String> {
+        let mut config = connect.client_config(None)?;
+        config.request_timeout = std::time::Duration::from_secs(self.timeout_secs);
+        Ok(config)
+    }
+}
+
+/// A one-off request's error as one line, naming the flag that bounds it
+/// when it timed out.
+pub fn request_error(error: FetchError) -> String {
+    match error {
+        FetchError::TimedOut { .. } => format!("{error} (see --timeout-secs)"),
+        other => other.to_string(),
+    }
+}
+
 /// How long a one-shot command waits for a whole store.
 #[derive(Debug, Args, serde::Serialize)]
 pub struct SyncWaitArgs {
@@ -509,6 +536,8 @@ pub struct GetArgs {
     pub entity: String,
     #[command(flatten)]
     pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub request: RequestArgs,
     /// Tag cardinality: low, orchestrator or high.
     #[arg(long, env = "REMOTE_TAGGER_CARDINALITY", default_value = "high", value_parser = parse_cardinality)]
     pub cardinality: Cardinality,

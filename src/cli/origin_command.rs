@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::client_commands::quiet_on_broken_pipe;
 use super::terminal::escape;
-use super::{CliResult, ConnectArgs, parse_cardinality};
+use super::{CliResult, ConnectArgs, RequestArgs, parse_cardinality};
 
 /// The origin to resolve: any of these (the server tries them in the
 /// Datadog Agent's order: container ID, PID, inode, pod and container name).
@@ -57,6 +57,8 @@ pub struct OriginArgs {
     pub init: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub request: RequestArgs,
     /// Cardinality of the tags shown: low, orchestrator or high.
     #[arg(long, env = "REMOTE_TAGGER_CARDINALITY", default_value = "high", value_parser = parse_cardinality)]
     pub cardinality: Cardinality,
@@ -86,10 +88,10 @@ impl OriginArgs {
 /// Prints the container ID on a line, then its tags one a line; no
 /// container found is an error.
 pub async fn origin(args: OriginArgs) -> CliResult {
-    let config = args.connect.client_config(None)?;
+    let config = args.request.client_config(&args.connect)?;
     let found = client::container_id_from_origin(&config, &args.origin())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(super::request_error)?;
     let Some(container_id) = found else {
         return Err(format!(
             "{} knows no container for this origin: the process runs in none, or the server is not `serve --source host` on its host",
@@ -104,7 +106,7 @@ pub async fn origin(args: OriginArgs) -> CliResult {
     })?;
     let tags = client::fetch_entity(&config, &entity, args.cardinality)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(super::request_error)?;
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         writeln!(

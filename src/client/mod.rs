@@ -65,6 +65,9 @@ pub struct ClientConfig {
     pub tls: TlsSettings,
     /// Limit on TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
+    /// Limit on a one-off request ([`fetch_entity`],
+    /// [`container_id_from_origin`]), connecting included.
+    pub request_timeout: Duration,
     /// HTTP/2 PING interval (after this long without reading anything) and
     /// the time a PING may go unanswered. The defaults
     /// ([`defaults::HTTP2_KEEPALIVE_INTERVAL`]) keep to the ping policy every
@@ -103,6 +106,7 @@ impl ClientConfig {
             auth_token_file: auth_token_file.into(),
             tls,
             connect_timeout: defaults::CONNECT_TIMEOUT,
+            request_timeout: defaults::REQUEST_TIMEOUT,
             http2_keepalive_interval: defaults::HTTP2_KEEPALIVE_INTERVAL,
             http2_keepalive_timeout: defaults::HTTP2_KEEPALIVE_TIMEOUT,
             http2_keepalive_while_idle: false,
@@ -306,6 +310,35 @@ impl OneOff {
         id: &EntityId,
         cardinality: Cardinality,
     ) -> Result<Vec<String>, FetchError> {
+        self.within_timeout(self.fetch_entity_unbounded(id, cardinality))
+            .await
+    }
+
+    async fn container_id_from_origin(
+        &self,
+        origin: &OriginInfo,
+    ) -> Result<Option<String>, FetchError> {
+        self.within_timeout(self.container_id_from_origin_unbounded(origin))
+            .await
+    }
+
+    /// `request`, or [`FetchError::TimedOut`] once the config's
+    /// `request_timeout` has passed.
+    async fn within_timeout<T>(
+        &self,
+        request: impl Future<Output = Result<T, FetchError>>,
+    ) -> Result<T, FetchError> {
+        let after = self.config.request_timeout;
+        tokio::time::timeout(after, request)
+            .await
+            .unwrap_or(Err(FetchError::TimedOut { after }))
+    }
+
+    async fn fetch_entity_unbounded(
+        &self,
+        id: &EntityId,
+        cardinality: Cardinality,
+    ) -> Result<Vec<String>, FetchError> {
         let (mut client, token) =
             transport::connect(&self.config, &self.server_name, self.dialer.clone()).await?;
         let request = FetchEntityRequest {
@@ -320,7 +353,7 @@ impl OneOff {
         Ok(response.into_inner().tags)
     }
 
-    async fn container_id_from_origin(
+    async fn container_id_from_origin_unbounded(
         &self,
         origin: &OriginInfo,
     ) -> Result<Option<String>, FetchError> {
@@ -364,6 +397,13 @@ pub enum FetchError {
         code: StatusCode,
         /// The server's message.
         message: String,
+    },
+    /// No answer within the config's `request_timeout`, connecting
+    /// included.
+    #[error("no answer within {}s", after.as_secs_f64())]
+    TimedOut {
+        /// The limit that passed.
+        after: Duration,
     },
 }
 

@@ -25,8 +25,8 @@ use super::agent_tls::{AgentCert, AgentIpcIncoming, token};
 #[derive(Clone)]
 pub enum Script {
     /// Answers nothing, ever: a stream gets not even its response headers
-    /// (a Go server sends them with its first message) and a fetch never
-    /// returns.
+    /// (a Go server sends them with its first message), and a fetch or an
+    /// origin request never returns.
     Silent,
     /// Sends the entities as one batch, then a change to one of them every
     /// `every`, forever: a busy node whose stream never goes quiet.
@@ -241,6 +241,9 @@ impl AgentSecure for Service {
         request: Request<pb::GenerateContainerIdFromOriginInfoRequest>,
     ) -> Result<Response<pb::GenerateContainerIdFromOriginInfoResponse>, Status> {
         self.authenticate(&request)?;
+        if matches!(self.script, Script::Silent) {
+            std::future::pending::<()>().await;
+        }
         let request = request.into_inner();
         let nil = |field: &str| Status::internal(format!("nil pointer dereference: {field}"));
         let local = request.local_data.ok_or_else(|| nil("LocalData"))?;
