@@ -91,8 +91,8 @@ impl StatusCode {
     }
 }
 
-/// The code's name as tonic writes it (`Unauthenticated`), the form error
-/// lines have always shown.
+/// The code's canonical gRPC name in CamelCase (`Unauthenticated`), the
+/// form error lines have always shown.
 impl fmt::Display for StatusCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)

@@ -23,8 +23,8 @@ pub struct ClientStatus {
     /// the last [`Event::ConnectionLost`](super::Event::ConnectionLost)).
     pub retry_delay: Option<Duration>,
     /// When the last message (keep-alives included) arrived, on the clock
-    /// the core is fed (the tokio driver's: `tokio::time::Instant::from_std`
-    /// gives it back); `None` before the first. Operators alert on its age.
+    /// the core is fed (its driver's `now`); `None` before the first.
+    /// Operators alert on its age.
     pub last_message_at: Option<Instant>,
     /// Why the last connection was lost, until the next sync.
     pub last_error: Option<LossReason>,
