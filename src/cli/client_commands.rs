@@ -282,8 +282,8 @@ fn change_name(kind: ChangeKind) -> &'static str {
 pub async fn get(args: GetArgs) -> CliResult {
     let id = EntityId::parse(&args.entity)
         .map_err(|e| format!("{e} (expected e.g. container_id://abc)"))?;
-    let config = args.request.client_config(&args.connect)?;
-    let tags = client::fetch_entity(&config, &id, args.cardinality)
+    let config = args.request.client_config()?;
+    let tags = client::fetch_entity(&config, &id, args.request.cardinality)
         .await
         .map_err(super::request_error)?;
     let mut out = std::io::stdout().lock();

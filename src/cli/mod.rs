@@ -470,19 +470,25 @@ pub struct ListArgs {
     pub metrics: MetricsArgs,
 }
 
-/// How long a one-off request (`get`, `origin`) may take.
+/// A one-off request (`get`, `origin`): where it goes, how long it may
+/// take, and the cardinality of the tags it shows.
 #[derive(Debug, Args)]
 pub struct RequestArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// Give up after this many seconds without an answer, connecting
     /// included (a server that takes the request and never answers).
     #[arg(long, env = "REMOTE_TAGGER_TIMEOUT_SECS", default_value_t = defaults::REQUEST_TIMEOUT.as_secs())]
     pub timeout_secs: u64,
+    /// Cardinality of the tags shown: low, orchestrator or high.
+    #[arg(long, env = "REMOTE_TAGGER_CARDINALITY", default_value = "high", value_parser = parse_cardinality)]
+    pub cardinality: Cardinality,
 }
 
 impl RequestArgs {
-    /// The one-off client config of `connect`, with this limit.
-    pub fn client_config(&self, connect: &ConnectArgs) -> Result<ClientConfig, String> {
-        let mut config = connect.client_config(None)?;
+    /// The one-off client config of the connection flags, with this limit.
+    pub fn client_config(&self) -> Result<ClientConfig, String> {
+        let mut config = self.connect.client_config(None)?;
         config.request_timeout = std::time::Duration::from_secs(self.timeout_secs);
         Ok(config)
     }
@@ -535,12 +541,7 @@ pub struct GetArgs {
     /// The entity, as prefix://uid (e.g. container_id://3f2a...).
     pub entity: String,
     #[command(flatten)]
-    pub connect: ConnectArgs,
-    #[command(flatten)]
     pub request: RequestArgs,
-    /// Tag cardinality: low, orchestrator or high.
-    #[arg(long, env = "REMOTE_TAGGER_CARDINALITY", default_value = "high", value_parser = parse_cardinality)]
-    pub cardinality: Cardinality,
     /// Print the tags as a JSON array.
     #[arg(long, env = "REMOTE_TAGGER_JSON")]
     pub json: bool,

@@ -6,13 +6,13 @@ use std::io::Write as _;
 
 use clap::{ArgGroup, Args};
 use remote_tagger::client;
-use remote_tagger::domain::{Cardinality, EntityId};
+use remote_tagger::domain::EntityId;
 use remote_tagger::origin::{ExternalData, LocalData, OriginInfo};
 use serde_json::json;
 
 use super::client_commands::quiet_on_broken_pipe;
 use super::terminal::escape;
-use super::{CliResult, ConnectArgs, RequestArgs, parse_cardinality};
+use super::{CliResult, RequestArgs};
 
 /// The origin to resolve: any of these (the server tries them in the
 /// Datadog Agent's order: container ID, PID, inode, pod and container name).
@@ -56,12 +56,7 @@ pub struct OriginArgs {
     #[arg(long, requires = "pod_uid")]
     pub init: bool,
     #[command(flatten)]
-    pub connect: ConnectArgs,
-    #[command(flatten)]
     pub request: RequestArgs,
-    /// Cardinality of the tags shown: low, orchestrator or high.
-    #[arg(long, env = "REMOTE_TAGGER_CARDINALITY", default_value = "high", value_parser = parse_cardinality)]
-    pub cardinality: Cardinality,
     /// Print `{"container_id": ..., "tags": [...]}`.
     #[arg(long, env = "REMOTE_TAGGER_JSON")]
     pub json: bool,
@@ -88,7 +83,7 @@ impl OriginArgs {
 /// Prints the container ID on a line, then its tags one a line; no
 /// container found is an error.
 pub async fn origin(args: OriginArgs) -> CliResult {
-    let config = args.request.client_config(&args.connect)?;
+    let config = args.request.client_config()?;
     let found = client::container_id_from_origin(&config, &args.origin())
         .await
         .map_err(super::request_error)?;
@@ -104,7 +99,7 @@ pub async fn origin(args: OriginArgs) -> CliResult {
             escape(&container_id)
         )
     })?;
-    let tags = client::fetch_entity(&config, &entity, args.cardinality)
+    let tags = client::fetch_entity(&config, &entity, args.request.cardinality)
         .await
         .map_err(super::request_error)?;
     let mut out = std::io::stdout().lock();
